@@ -1,0 +1,58 @@
+"""The only place that calls msgpack.
+
+Decoding is strict: str keys only, no ext types, no trailing bytes, bounded
+sizes. Anything else is a `DecodeError` that keeps the cause, and the gateway
+answers it with INVALID_ARGUMENT instead of crashing.
+"""
+from __future__ import annotations
+
+import msgpack
+
+#: Frames above this are cut at the socket (ZMQ_MAXMSGSIZE); below it every frame is answered.
+FRAME_BYTES_MAX = 8 * 1024 * 1024
+
+
+class DecodeError(ValueError):
+    """A frame that is not valid msgpack for us; `raw` keeps the bytes."""
+
+    def __init__(self, message: str, raw: bytes = b"", cause: Exception | None = None):
+        super().__init__(message)
+        self.raw = raw
+        self.cause = cause
+
+
+def _no_ext(code, data):
+    raise DecodeError(f"msgpack extension type {code} is not accepted")
+
+
+_packer_kwargs = dict(use_bin_type=True)
+
+
+def encode(obj) -> bytes:
+    """Encode one value (str as str, bytes as bin)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def decode(data: bytes):
+    """Decode a frame from an untrusted peer."""
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True,
+            max_buffer_size=FRAME_BYTES_MAX + 1,
+        )
+    except DecodeError:
+        raise
+    except msgpack.ExtraData as exc:
+        raise DecodeError("frame has bytes after the msgpack value", data, exc) from exc
+    except UnicodeDecodeError as exc:
+        raise DecodeError("a msgpack str is not valid UTF-8", data, exc) from exc
+    except msgpack.StackError as exc:
+        raise DecodeError("frame nests too deeply", data, exc) from exc
+    except (ValueError, TypeError) as exc:
+        # FormatError, "incomplete input", non-str map keys, unhashable keys...
+        raise DecodeError(f"frame is not valid msgpack: {exc}", data, exc) from exc
+
+
+def decode_trusted(data: bytes):
+    """Decode a frame written by another jobbie process (no untrusted-input checks)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)

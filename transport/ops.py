@@ -1,0 +1,403 @@
+"""The protocol's ops, declared once.
+
+Each `Op` row names its arguments (type, default, bounds), the fields of its
+`ok` answer and its path through a node:
+
+- ``write``: validated at the gateway, stamped with ids and time, committed
+  through admission and raft, applied by the state machine;
+- ``read``: answered by the gateway from its read-only LMDB view;
+- ``local``: answered by the gateway from what it knows (cluster status);
+- ``internal``: proposed by jobbie's own actors, refused from clients.
+
+The gateway's validator, docs/protocol.md's tables and the bad-input tests all
+read these rows, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .errors import InvalidArgument
+
+INT64_MAX = 2**63 - 1
+DAY_MS = 86_400_000
+YEAR_MS = 365 * DAY_MS
+
+PRIORITIES = ("critical", "high", "normal", "low")
+BACKOFF_STRATEGIES = ("none", "fixed", "linear", "exponential")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+PRINTABLE_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")
+#: Nesting allowed inside payload, result, checkpoint and other free values.
+DEPTH_MAX = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Node-local input limits, applied at the gateway before anything is proposed."""
+
+    #: Largest encoded payload of one job (protocol default 1 MiB).
+    payload_bytes_max: int = 1024 * 1024
+    #: Jobs in one enqueue_batch.
+    batch_jobs_max: int = 1000
+    #: Encoded payload bytes of one enqueue_batch; keeps a raft entry well below
+    #: pysyncobj's append-entries batch size (RELIABILITY.md P11).
+    batch_bytes_max: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: str  # str | int | float | bool | any | queue | queues | id | str_map | map | list | struct
+    doc: str = ""
+    required: bool = False
+    default: object = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    length_max: int | None = None
+    fields: tuple = ()  # for kind == "struct": nested Arg rows
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    path: str  # write | read | local | internal
+    doc: str
+    args: tuple = ()
+    ok: tuple = ()
+    errors: tuple = ()
+
+    @property
+    def arg_names(self):
+        return {a.name for a in self.args}
+
+
+REQUEST_ID = Arg("request_id", "id", "Idempotency key: a retry with the same value returns the first outcome.")
+ATTEMPT = Arg("attempt", "int", "Lease token: the `attempt` fetch returned. A mismatch is `lease_lost`.", low=1, high=10_000)
+JOB_ID = Arg("job_id", "id", "The job's id.", required=True)
+
+USAGE = Arg("usage", "struct", "Token usage and cost of this attempt.", fields=(
+    Arg("input_tokens", "int", low=0, high=INT64_MAX),
+    Arg("output_tokens", "int", low=0, high=INT64_MAX),
+    Arg("model", "str", length_max=256),
+    Arg("provider", "str", length_max=256),
+    Arg("cost_usd", "float", low=0, high=1e9),
+    Arg("latency_ms", "int", low=0, high=INT64_MAX),
+))
+
+BACKOFF = Arg("backoff", "struct", "Delay between attempts.", fields=(
+    Arg("strategy", "str", choices=BACKOFF_STRATEGIES, default="exponential"),
+    Arg("base_ms", "int", low=0, high=DAY_MS, default=1000),
+    Arg("max_ms", "int", low=0, high=30 * DAY_MS, default=600_000),
+))
+
+AGENT = Arg("agent", "struct", "Agent-loop guardrails (stored with the job).", fields=(
+    Arg("max_iterations", "int", low=1, high=100_000),
+    Arg("max_cost_usd", "float", low=0, high=1e9),
+    Arg("iteration_timeout", "int", low=1, high=YEAR_MS),
+))
+
+ENQUEUE_ARGS = (
+    Arg("queue", "queue", "Queue name: ASCII letters, digits and `._:-`, 1-128 chars, starting with a letter or digit.", required=True),
+    Arg("payload", "any", "Any msgpack value; encoded size at most the payload cap (1 MiB by default).", required=True),
+    Arg("priority", "str", "Tier; FIFO within a tier.", default="normal", choices=PRIORITIES),
+    Arg("max_retries", "int", "Retries after the first attempt before the job goes `dead`.", default=3, low=0, high=1000),
+    BACKOFF,
+    Arg("run_at", "int", "Do not run before this time (ms since epoch). Excludes `delay_ms`.", low=0, high=INT64_MAX),
+    Arg("delay_ms", "int", "Do not run before now + this. Excludes `run_at`.", low=0, high=YEAR_MS),
+    Arg("expire_after_ms", "int", "A job not started within this long goes `dead` (reason `expired`).", low=1, high=YEAR_MS),
+    Arg("unique_key", "str", "At most one live job per (queue, key); a duplicate returns the existing job.", length_max=256),
+    Arg("unique_period_ms", "int", "Keep the unique key for this long (default: until the job finishes).", low=1, high=YEAR_MS),
+    Arg("tags", "str_map", "String map, at most 32 entries, keys ≤ 64 and values ≤ 256 chars."),
+    Arg("hold", "bool", "Enqueue in state `held` (needs an approval to run).", default=False),
+    Arg("hold_reason", "str", "Why the job is held.", length_max=4096),
+    AGENT,
+)
+
+OPS: dict[str, Op] = {}
+
+
+def _op(*args, **kwargs):
+    op = Op(*args, **kwargs)
+    OPS[op.name] = op
+    return op
+
+
+_op("enqueue", "write", "Add one job.", ENQUEUE_ARGS + (REQUEST_ID,),
+    ok=("job_id", "state", "unique_existing"))
+_op("enqueue_batch", "write", "Add many jobs in one raft entry; optionally fire a callback job when all have finished.", (
+    Arg("jobs", "list", "Enqueue arg maps (without request_id), 1-1000.", required=True),
+    Arg("batch", "struct", "Callback when every job of the batch has finished.", fields=(
+        Arg("callback_queue", "queue", required=True),
+        Arg("callback_payload", "any"),
+    )),
+    REQUEST_ID,
+), ok=("job_ids", "batch_id"))
+_op("fetch", "write", "Lease up to `count` of the best pending jobs of the given queues.", (
+    Arg("queues", "queues", "Queues to take from, 1-64 names.", required=True),
+    Arg("worker_id", "id", "Who holds the lease.", required=True),
+    Arg("hostname", "str", length_max=255),
+    Arg("count", "int", "Jobs to lease at most.", default=1, low=1, high=1000),
+    Arg("wait_ms", "int", "Long-poll: wait up to this long for a job (0: answer at once).", default=0, low=0, high=600_000),
+    Arg("lease_ms", "int", "Lease length; extended by heartbeat.", default=30_000, low=1000, high=12 * 3_600_000),
+), ok=("jobs",))
+_op("ack", "write", "Complete an active job.", (
+    JOB_ID, ATTEMPT,
+    Arg("result", "any", "Stored with the job."),
+    USAGE,
+    Arg("checkpoint", "any"),
+    Arg("agent_status", "str", "Only `done` is supported in this version.", choices=("done",)),
+    Arg("trace", "any"),
+    REQUEST_ID,
+), ok=("state",), errors=("NOT_FOUND", "FAILED_PRECONDITION/lease_lost"))
+_op("fail", "write", "Fail the current attempt: retry with backoff, or `dead` when attempts are spent or the job expired.", (
+    JOB_ID, ATTEMPT,
+    Arg("error", "str", "Error message.", length_max=65_536, default=""),
+    Arg("backtrace", "str", length_max=262_144),
+    USAGE,
+    Arg("checkpoint", "any", "Kept for the next attempt."),
+    REQUEST_ID,
+), ok=("state", "next_attempt_at", "attempts_remaining"))
+_op("heartbeat", "write", "Extend leases and store progress; answers per job ok, cancel or lost.", (
+    Arg("worker_id", "id", required=True),
+    Arg("jobs", "map", "job_id → {progress, checkpoint, usage, attempt}; at most 1000.", required=True),
+), ok=("jobs",))
+_op("get_job", "read", "The job record.", (JOB_ID,), ok=("job",))
+_op("cancel_job", "write", "Cancel a job; an active job is told on its next heartbeat.", (JOB_ID, REQUEST_ID),
+    ok=("state", "cancel_requested"))
+_op("retry_job", "write", "Run a dead, cancelled, retrying or scheduled job again now.", (JOB_ID, REQUEST_ID), ok=("state",))
+_op("delete_job", "write", "Remove a job and its indexes.", (JOB_ID, REQUEST_ID), ok=())
+_op("pause_queue", "write", "Stop handing out jobs of a queue.", (Arg("queue", "queue", required=True), REQUEST_ID), ok=())
+_op("resume_queue", "write", "Hand out jobs of a queue again.", (Arg("queue", "queue", required=True), REQUEST_ID), ok=())
+_op("list_queues", "read", "Every known queue with counts per state.", (), ok=("queues",))
+_op("cluster_status", "local", "This node's raft role, indexes, durability mode and actor processes.", (),
+    ok=("node_id", "role", "leader", "term", "commit_index", "applied_index", "durable", "actors"))
+_op("tick", "internal", "Lifecycle: promote due jobs, reclaim expired leases, expire TTLs, drop old dedupe records.", (
+    Arg("limit", "int", default=1000, low=1, high=100_000),
+), ok=("promoted", "reclaimed", "expired"))
+
+WRITE_OPS = frozenset(name for name, op in OPS.items() if op.path == "write")
+HEARTBEAT_JOB_FIELDS = ("progress", "checkpoint", "usage", "attempt")
+
+
+# --------------------------------------------------------------------------- validation
+
+def _bad(message, field, reason):
+    raise InvalidArgument(message, field=field, reason=reason)
+
+
+def check_depth(value, field, depth_max=DEPTH_MAX):
+    """Reject values nested deeper than `depth_max`, without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > depth_max:
+            _bad(f"{field} nests deeper than {depth_max} levels", field, "too_deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _check_value(arg: Arg, value, field: str):
+    kind = arg.kind
+    if kind == "any":
+        if isinstance(value, (dict, list)):
+            check_depth(value, field)
+        return value
+    if kind in ("str", "queue", "id"):
+        if type(value) is not str:
+            _bad(f"{field} must be a string, got {_type_name(value)}", field, "wrong_type")
+        if kind == "queue":
+            if not QUEUE_NAME.match(value):
+                _bad(f"{field} {value[:64]!r} is not a valid queue name (ASCII letters, digits and ._:-, "
+                     "1-128 chars, starting with a letter or digit)", field, "invalid_name")
+        elif kind == "id":
+            if not PRINTABLE_ID.match(value):
+                _bad(f"{field} must be 1-128 printable ASCII characters without spaces", field, "invalid_name")
+        else:
+            if arg.length_max is not None and len(value) > arg.length_max:
+                _bad(f"{field} is longer than {arg.length_max} characters", field, "too_large")
+            if arg.choices and value not in arg.choices:
+                _bad(f"{field} must be one of {', '.join(arg.choices)}; got {value[:64]!r}", field, "invalid_choice")
+        return value
+    if kind == "int":
+        if type(value) is not int:
+            _bad(f"{field} must be an integer, got {_type_name(value)}", field, "wrong_type")
+        if (arg.low is not None and value < arg.low) or (arg.high is not None and value > arg.high):
+            _bad(f"{field} must be between {arg.low:g} and {arg.high:g}; got {value}", field, "out_of_range")
+        return value
+    if kind == "float":
+        if type(value) not in (int, float):
+            _bad(f"{field} must be a number, got {_type_name(value)}", field, "wrong_type")
+        if not math.isfinite(value):
+            _bad(f"{field} must be a finite number", field, "out_of_range")
+        if (arg.low is not None and value < arg.low) or (arg.high is not None and value > arg.high):
+            _bad(f"{field} must be between {arg.low:g} and {arg.high:g}; got {value}", field, "out_of_range")
+        return float(value)
+    if kind == "bool":
+        if type(value) is not bool:
+            _bad(f"{field} must be true or false, got {_type_name(value)}", field, "wrong_type")
+        return value
+    if kind == "queues":
+        if type(value) is not list:
+            _bad(f"{field} must be a list of queue names, got {_type_name(value)}", field, "wrong_type")
+        if not 1 <= len(value) <= 64:
+            _bad(f"{field} must name 1 to 64 queues", field, "out_of_range")
+        item = Arg(arg.name, "queue")
+        out = [_check_value(item, q, f"{field}[{i}]") for i, q in enumerate(value)]
+        return list(dict.fromkeys(out))
+    if kind == "str_map":
+        if type(value) is not dict:
+            _bad(f"{field} must be a map of strings, got {_type_name(value)}", field, "wrong_type")
+        if len(value) > 32:
+            _bad(f"{field} has more than 32 entries", field, "too_large")
+        for k, v in value.items():
+            if type(v) is not str:
+                _bad(f"{field}.{k} must be a string, got {_type_name(v)}", f"{field}.{k}", "wrong_type")
+            if not 1 <= len(k) <= 64 or len(v) > 256:
+                _bad(f"{field}.{k[:64]}: keys are 1-64 chars and values at most 256", f"{field}.{k[:64]}", "too_large")
+        return value
+    if kind == "map":
+        if type(value) is not dict:
+            _bad(f"{field} must be a map, got {_type_name(value)}", field, "wrong_type")
+        return value
+    if kind == "list":
+        if type(value) is not list:
+            _bad(f"{field} must be a list, got {_type_name(value)}", field, "wrong_type")
+        return value
+    if kind == "struct":
+        if type(value) is not dict:
+            _bad(f"{field} must be a map, got {_type_name(value)}", field, "wrong_type")
+        return validate_fields(arg.fields, value, prefix=field + ".")
+    raise AssertionError(f"unknown arg kind {kind}")
+
+
+def _type_name(value):
+    if value is None:
+        return "nil"
+    return {bool: "bool", int: "integer", float: "float", str: "string", bytes: "binary",
+            list: "list", dict: "map"}.get(type(value), type(value).__name__)
+
+
+def validate_fields(rows, args: dict, prefix: str = "") -> dict:
+    """Check a map against Arg rows; returns a new map with defaults filled in."""
+    out = {}
+    for key in args:
+        if type(key) is not str:
+            _bad(f"{prefix or 'args'} keys must be strings", prefix.rstrip(".") or "args", "wrong_type")
+    names = {a.name for a in rows}
+    for key in args:
+        if key not in names:
+            _bad(f"unknown field {prefix}{key[:64]} (accepted: {', '.join(sorted(names)) or 'none'})",
+                 prefix + key[:64], "unknown_field")
+    for arg in rows:
+        value = args.get(arg.name)
+        if value is None and not (arg.kind == "any" and arg.name in args):
+            if arg.required:
+                _bad(f"{prefix}{arg.name} is required", prefix + arg.name, "missing_field")
+            if arg.default is not None:
+                out[arg.name] = arg.default
+            continue
+        out[arg.name] = _check_value(arg, value, prefix + arg.name)
+    return out
+
+
+def validate(op_name, args, limits: Limits = Limits(), frame_bytes: int = 0, now_ms: int = 0) -> tuple[Op, dict]:
+    """Validate one request's op and args for a client. Raises InvalidArgument."""
+    if type(op_name) is not str:
+        _bad("op must be a string", "op", "wrong_type")
+    op = OPS.get(op_name)
+    if op is None or op.path == "internal":
+        known = ", ".join(sorted(n for n, o in OPS.items() if o.path != "internal"))
+        _bad(f"unknown op {op_name[:64]!r}; this server speaks protocol v1: {known}", "op", "unknown_op")
+    if args is None:
+        args = {}
+    if type(args) is not dict:
+        _bad(f"args must be a map, got {_type_name(args)}", "args", "wrong_type")
+    clean = validate_fields(op.args, args)
+    extra = _EXTRA_CHECKS.get(op.name)
+    if extra is not None:
+        extra(clean, limits, frame_bytes, now_ms)
+    return op, clean
+
+
+def _payload_size(value) -> int:
+    from .codec import encode
+    return len(encode(value))
+
+
+def _check_enqueue(args, limits, frame_bytes, now_ms, prefix=""):
+    if "run_at" in args and "delay_ms" in args:
+        _bad(f"give {prefix}run_at or {prefix}delay_ms, not both", prefix + "delay_ms", "conflicting_fields")
+    run_at = args.get("run_at")
+    if run_at is not None and now_ms and abs(run_at - now_ms) > 10 * YEAR_MS:
+        _bad(f"{prefix}run_at is more than 10 years away from now", prefix + "run_at", "out_of_range")
+    # A frame no larger than the cap cannot hold a larger payload: skip the re-encode.
+    if frame_bytes > limits.payload_bytes_max:
+        size = _payload_size(args["payload"])
+        if size > limits.payload_bytes_max:
+            raise InvalidArgument(f"{prefix}payload is {size} bytes; the cap is {limits.payload_bytes_max}",
+                                  field=prefix + "payload", reason="too_large")
+    backoff = args.get("backoff")
+    if backoff is not None and backoff["max_ms"] < backoff["base_ms"]:
+        _bad(f"{prefix}backoff.max_ms must be at least backoff.base_ms", prefix + "backoff.max_ms", "out_of_range")
+
+
+def _check_enqueue_batch(args, limits, frame_bytes, now_ms):
+    jobs = args["jobs"]
+    if not 1 <= len(jobs) <= limits.batch_jobs_max:
+        _bad(f"jobs must hold 1 to {limits.batch_jobs_max} jobs; got {len(jobs)}", "jobs", "too_large")
+    rows = tuple(a for a in ENQUEUE_ARGS)
+    clean = []
+    for i, job in enumerate(jobs):
+        prefix = f"jobs[{i}]."
+        if type(job) is not dict:
+            _bad(f"jobs[{i}] must be a map, got {_type_name(job)}", f"jobs[{i}]", "wrong_type")
+        one = validate_fields(rows, job, prefix=prefix)
+        _check_enqueue(one, limits, frame_bytes, now_ms, prefix=prefix)
+        clean.append(one)
+    if frame_bytes > limits.batch_bytes_max:
+        total = sum(_payload_size(j["payload"]) for j in clean)
+        if total > limits.batch_bytes_max:
+            _bad(f"jobs carry {total} payload bytes; a batch may carry at most {limits.batch_bytes_max}",
+                 "jobs", "too_large")
+    args["jobs"] = clean
+
+
+_HEARTBEAT_JOB = (
+    Arg("progress", "any"), Arg("checkpoint", "any"), USAGE, ATTEMPT,
+)
+
+
+def _check_heartbeat(args, limits, frame_bytes, now_ms):
+    jobs = args["jobs"]
+    if len(jobs) > 1000:
+        _bad("jobs holds more than 1000 entries", "jobs", "too_large")
+    clean = {}
+    for job_id, entry in jobs.items():
+        if not PRINTABLE_ID.match(job_id):
+            _bad("jobs keys must be job ids (1-128 printable ASCII)", "jobs", "invalid_name")
+        if entry is None:
+            entry = {}
+        if type(entry) is not dict:
+            _bad(f"jobs.{job_id} must be a map, got {_type_name(entry)}", f"jobs.{job_id}", "wrong_type")
+        clean[job_id] = validate_fields(_HEARTBEAT_JOB, entry, prefix=f"jobs.{job_id}.")
+    args["jobs"] = clean
+
+
+def _check_ack(args, limits, frame_bytes, now_ms):
+    if frame_bytes > limits.payload_bytes_max and "result" in args:
+        size = _payload_size(args["result"])
+        if size > limits.payload_bytes_max:
+            raise InvalidArgument(f"result is {size} bytes; the cap is {limits.payload_bytes_max}",
+                                  field="result", reason="too_large")
+
+
+_EXTRA_CHECKS = {
+    "enqueue": _check_enqueue,
+    "enqueue_batch": _check_enqueue_batch,
+    "heartbeat": _check_heartbeat,
+    "ack": _check_ack,
+}
