@@ -38,9 +38,10 @@ class Store:
             self.env.reader_check()
         self.dbs = {}
         if readonly:
-            with self.env.begin() as txn:
-                for name in DB_NAMES:
-                    self.dbs[name.decode()] = self.env.open_db(name, txn=txn, create=False)
+            # open_db without a transaction: py-lmdb then keeps the handle valid
+            # for later read transactions (one opened in our own read txn is not).
+            for name in DB_NAMES:
+                self.dbs[name.decode()] = self.env.open_db(name, create=False)
         else:
             for name in DB_NAMES:
                 self.dbs[name.decode()] = self.env.open_db(name, create=True)

@@ -34,7 +34,7 @@ from .states import (ACTIVE, CANCELLED, COMPLETED, DEAD, HELD, PENDING, RETRYING
 log = logging.getLogger("jobbie.machine")
 
 #: How long a request_id is remembered (replicated rule, same on every node).
-DEDUPE_TTL_MS = 15 * 60_000
+DEDUPE_TTL_MS = 5 * 60_000
 #: Errors kept per job; older attempts' records are dropped.
 ERRORS_KEPT = 50
 

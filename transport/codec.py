@@ -25,9 +25,6 @@ def _no_ext(code, data):
     raise DecodeError(f"msgpack extension type {code} is not accepted")
 
 
-_packer_kwargs = dict(use_bin_type=True)
-
-
 def encode(obj) -> bytes:
     """Encode one value (str as str, bytes as bin)."""
     return msgpack.packb(obj, use_bin_type=True)
@@ -37,9 +34,7 @@ def decode(data: bytes):
     """Decode a frame from an untrusted peer."""
     try:
         return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True,
-            max_buffer_size=FRAME_BYTES_MAX + 1,
-        )
+            data, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True)
     except DecodeError:
         raise
     except msgpack.ExtraData as exc:

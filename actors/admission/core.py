@@ -1,0 +1,146 @@
+"""Admission: who may enter the raft pipeline, in what order, in what batches.
+
+Rules it keeps:
+- In-flight limits, globally and per client (the connection, or an explicit
+  client key the request carries). Over a limit the op is answered at once
+  with RESOURCE_EXHAUSTED and a `retry_after_ms` computed from the backlog;
+  nothing waits without bound.
+- Fairness: waiting ops queue per client, and a batch is cut round-robin over
+  the clients, so one flooding client cannot starve a light one.
+- Group commit: while fewer than `entries_in_flight_max` entries are with
+  raft, a batch is cut at once (low latency when idle); otherwise ops wait and
+  the next entry carries everything that piled up (throughput under load).
+  An entry never exceeds `entry_ops_max` ops or `entry_bytes_max` bytes.
+- An entry raft never answers for (its process restarted) is forgotten after
+  `entry_timeout_s`; the gateway has told the client by then.
+
+Pure: no sockets, no clock (time comes in as `now`).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+
+@dataclass
+class AdmissionLimits:
+    #: Ops waiting or in flight, all clients together.
+    inflight_max: int = 50_000
+    #: Ops waiting or in flight for one client (<= inflight_max).
+    inflight_per_client_max: int = 10_000
+    #: Raft entries proposed and not yet applied.
+    entries_in_flight_max: int = 2
+    #: Ops in one raft entry.
+    entry_ops_max: int = 2000
+    #: Encoded bytes in one raft entry (well below pysyncobj's append-entries batch).
+    entry_bytes_max: int = 2 * 1024 * 1024
+    #: Forget an entry raft has not answered for after this long.
+    entry_timeout_s: float = 10.0
+
+
+class Waiting:
+    __slots__ = ("client", "size", "tag", "op_bytes")
+
+    def __init__(self, client, size, tag, op_bytes):
+        self.client = client
+        self.size = size
+        self.tag = tag
+        self.op_bytes = op_bytes
+
+
+class AdmissionCore:
+    def __init__(self, limits: AdmissionLimits = AdmissionLimits()):
+        self.limits = limits
+        self.queues: OrderedDict[str, deque] = OrderedDict()  # client -> waiting ops, round-robin order
+        self.per_client: dict[str, int] = {}  # waiting + in flight
+        self.total = 0
+        self.in_flight: dict[int, tuple[float, list]] = {}  # entry n -> (sent at, [(client, count)])
+        self.next_entry = 0
+        self.applied_ops = 0
+        self.rejected = 0
+        self.apply_rate = 0.0  # ops/s, smoothed, for retry hints
+
+    # ------------------------------------------------------------------ intake
+    def offer(self, client: str, size: int, tag, op_bytes: bytes):
+        """Queue one op, or return the refusal to answer it with."""
+        lim = self.limits
+        mine = self.per_client.get(client, 0)
+        if self.total >= lim.inflight_max or mine >= lim.inflight_per_client_max:
+            self.rejected += 1
+            scope = "node" if self.total >= lim.inflight_max else "client"
+            backlog = self.total if scope == "node" else mine
+            return {"err": {"code": "RESOURCE_EXHAUSTED", "reason": "overloaded",
+                            "message": f"too many requests in flight for this {scope} ({backlog}); "
+                                       "retry after the hinted delay",
+                            "retry_after_ms": self.retry_after_ms(backlog)}}
+        queue = self.queues.get(client)
+        if queue is None:
+            queue = self.queues[client] = deque()
+        queue.append(Waiting(client, size, tag, op_bytes))
+        self.per_client[client] = mine + 1
+        self.total += 1
+        return None
+
+    def retry_after_ms(self, backlog: int) -> int:
+        rate = self.apply_rate if self.apply_rate > 0 else 5000.0
+        return int(min(5000, max(5, 1000 * backlog / rate)))
+
+    # ----------------------------------------------------------------- batches
+    def cut_batch(self, now: float):
+        """The next entry to propose: (entry number, [op bytes], [tags]) or None."""
+        lim = self.limits
+        if not self.queues or len(self.in_flight) >= lim.entries_in_flight_max:
+            return None
+        ops, tags, counts = [], [], {}
+        size = 0
+        while self.queues and len(ops) < lim.entry_ops_max:
+            client, queue = next(iter(self.queues.items()))
+            item = queue[0]
+            if ops and size + item.size > lim.entry_bytes_max:
+                break
+            queue.popleft()
+            ops.append(item.op_bytes)
+            tags.append(item.tag)
+            size += item.size
+            counts[client] = counts.get(client, 0) + 1
+            # Round-robin: this client goes to the back of the line.
+            self.queues.move_to_end(client)
+            if not queue:
+                del self.queues[client]
+        n = self.next_entry
+        self.next_entry += 1
+        self.in_flight[n] = (now, list(counts.items()))
+        return n, ops, tags
+
+    def on_applied(self, n: int, now: float):
+        entry = self.in_flight.pop(n, None)
+        if entry is None:
+            return
+        sent_at, counts = entry
+        done = self._release(counts)
+        elapsed = max(now - sent_at, 1e-4)
+        self.apply_rate = 0.8 * self.apply_rate + 0.2 * (done / elapsed) if self.apply_rate else done / elapsed
+        self.applied_ops += done
+
+    def expire(self, now: float):
+        for n, (sent_at, counts) in list(self.in_flight.items()):
+            if now - sent_at > self.limits.entry_timeout_s:
+                del self.in_flight[n]
+                self._release(counts)
+
+    def _release(self, counts) -> int:
+        done = 0
+        for client, count in counts:
+            left = self.per_client.get(client, 0) - count
+            if left > 0:
+                self.per_client[client] = left
+            else:
+                self.per_client.pop(client, None)
+            self.total -= count
+            done += count
+        return done
+
+    def stats(self) -> dict:
+        return {"waiting": sum(len(q) for q in self.queues.values()), "total": self.total,
+                "entries_in_flight": len(self.in_flight), "clients": len(self.per_client),
+                "applied_ops": self.applied_ops, "rejected": self.rejected}

@@ -1,0 +1,70 @@
+"""A node's configuration, written once by the supervisor and read by every actor process."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+
+from jobbie.transport import codec
+
+#: Actor processes, in start order (stopped in reverse, gateway first).
+ACTORS = ("raft", "admission", "gateway", "lifecycle")
+
+
+@dataclass
+class NodeConfig:
+    data_dir: str
+    #: Client endpoint of the gateway's ROUTER socket.
+    bind: str = "tcp://127.0.0.1:7700"
+    node_id: str = "n1"
+    #: host:port of this node's raft server; peers are the other voters.
+    raft_bind: str = ""
+    peers: list = field(default_factory=list)
+    #: fsync the raft journal before a write is acknowledged.
+    durable: bool = False
+    #: Folder of the IPC sockets between this node's actor processes.
+    run_dir: str = ""
+    #: Largest encoded payload of one job.
+    payload_bytes_max: int = 1024 * 1024
+    #: How long the gateway waits for a write's outcome before answering UNAVAILABLE.
+    write_timeout_ms: int = 5000
+    #: Admission: ops queued or in flight at once, over all clients / for one client.
+    inflight_max: int = 50_000
+    inflight_per_client_max: int = 10_000
+    #: Lifecycle: how often it looks for due work.
+    lifecycle_interval_ms: int = 50
+
+    def endpoint(self, name: str) -> str:
+        return f"ipc://{self.run_dir}/{name}.sock"
+
+    @property
+    def lmdb_path(self) -> str:
+        return os.path.join(self.data_dir, "lmdb")
+
+    @property
+    def raft_dir(self) -> str:
+        return os.path.join(self.data_dir, "raft")
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.data_dir, "logs")
+
+    def save(self, path: str):
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(codec.encode(asdict(self)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "NodeConfig":
+        with open(path, "rb") as f:
+            return cls(**codec.decode_trusted(f.read()))
+
+
+def pick_run_dir(data_dir: str) -> str:
+    """IPC paths must stay under ~100 bytes; fall back to /tmp for deep data dirs."""
+    candidate = os.path.join(os.path.abspath(data_dir), "run")
+    if len(candidate) + len("/admission.sock") + len("ipc://") < 100:
+        return candidate
+    digest = hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+    return f"/tmp/jobbie-{digest}"

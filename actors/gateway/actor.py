@@ -1,0 +1,110 @@
+"""The gateway actor process: the client-facing ROUTER socket.
+
+Sockets (all owned by the pump thread): `clients` ROUTER (tcp, the protocol
+endpoint), `in` PULL (results from raft and refusals from admission),
+`status` SUB (raft and supervisor reports), `admission` PUSH. LMDB is opened
+read-only for point reads, and reopened if the writer replaces it.
+
+On SIGTERM it stops reading client requests, answers what is in flight (up
+to a few seconds), then exits.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from jobbie.storage import reads
+from jobbie.storage.env import Store, store_ready
+from jobbie.transport import codec, ops as opsdef
+from jobbie.transport.codec import FRAME_BYTES_MAX
+from jobbie.transport.errors import Unavailable
+from jobbie.transport.ids import IdGenerator
+from jobbie.transport.pump import Inbox, Pump, ShellActor, socket
+
+from .core import GatewayCore
+
+log = logging.getLogger("jobbie.gateway")
+
+
+class LmdbReader:
+    """Read-only point reads; opens the store once the raft actor has created it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.store = None
+
+    def _txn(self):
+        if self.store is None:
+            if not store_ready(self.path):
+                raise Unavailable("the store is not ready yet (node starting)", reason="starting")
+            self.store = Store(self.path, readonly=True)
+        return self.store.begin()
+
+    def get_job(self, job_id):
+        with self._txn() as txn:
+            return reads.get_job(txn, self.store.dbs, job_id)
+
+    def list_queues(self):
+        with self._txn() as txn:
+            return reads.list_queues(txn, self.store.dbs)
+
+
+class GatewayActor(ShellActor):
+    def __init__(self, config):
+        super().__init__()
+        self.core = GatewayCore(
+            config.node_id, time.time_ns() & 0x7FFFFFFFFFFF, IdGenerator(), LmdbReader(config.lmdb_path),
+            opsdef.Limits(payload_bytes_max=config.payload_bytes_max), config.write_timeout_ms / 1000.0)
+
+    def handle(self, inbox) -> list:
+        if inbox == "in_flight":
+            return self.core.in_flight()
+        core = self.core
+        if inbox == "shutdown":
+            core.release_parked()
+            return [("clients", r) for r in core.take_outputs()[0]]
+        now = inbox.now
+        for name, frames in inbox.messages:
+            if name == "clients":
+                core.on_request(frames, now)
+            elif name == "in":
+                core.on_applied(codec.decode_trusted(frames[0]), now)
+            elif name == "status":
+                core.on_status(codec.decode_trusted(frames[0]), now)
+        if inbox.tick:
+            core.on_tick(now)
+        replies, ops = core.take_outputs()
+        out = [("clients", r) for r in replies]
+        if ops:
+            out.append(("admission", [codec.encode({"k": "ops", "items": ops})]))
+        return out
+
+
+def run(config) -> int:
+    ctx = zmq.Context()
+    clients = socket(ctx, zmq.ROUTER, maxmsgsize=FRAME_BYTES_MAX)
+    clients.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    clients.bind(config.bind)
+    sockets = {
+        "clients": clients,
+        "in": socket(ctx, zmq.PULL, bind=config.endpoint("gateway")),
+        "status": socket(ctx, zmq.SUB, subscribe=True,
+                         connect=[config.endpoint("raft-status"), config.endpoint("supervisor")]),
+        "admission": socket(ctx, zmq.PUSH, connect=config.endpoint("admission")),
+    }
+    actor = GatewayActor.start(config)
+    pump = Pump(actor, sockets, inputs=["clients", "in", "status"], tick_s=0.01)
+    pump.install_signal_handlers()
+    log.info("gateway %s serving %s", config.node_id, config.bind)
+    try:
+        pump.run()
+        # Stop taking requests; answer the ones in flight.
+        pump.send(actor.ask("shutdown"))
+        pump.drain(["in"], done=lambda: actor.ask("in_flight") == 0, timeout_s=3.0)
+    finally:
+        actor.stop()
+        for s in sockets.values():
+            s.close()
+    return 0

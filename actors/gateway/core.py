@@ -1,0 +1,279 @@
+"""The gateway's rules: from client frames to ops, and from results to replies.
+
+It owns:
+- decoding and validating every request (transport/ops.py rows) before it can
+  reach the pipeline; bad input gets one INVALID_ARGUMENT naming the field;
+- stamping writes with the node's time and fresh ids (the state machine
+  reads no clock and makes no ids), and a tag `[origin, incarnation, seq]` so
+  results find their request even across a gateway restart;
+- point reads (get_job, list_queues) through an injected reader, and
+  cluster_status from the latest raft and supervisor reports;
+- long-poll fetches: a fetch that found nothing is parked per queue and sent
+  again when raft reports that one of its queues gained pending jobs (no
+  polling loop), or answered with an empty list when `wait_ms` runs out;
+- time-outs: a write whose outcome has not come back within the write
+  time-out is answered UNAVAILABLE ("outcome unknown, retry with the same
+  request_id"), so no client hangs on a restarting actor.
+
+Pure: no sockets, no clock (`now` is passed in, in seconds), ids come from an
+injected generator.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import OrderedDict
+
+from jobbie.transport import codec, ops as opsdef
+from jobbie.transport.errors import InvalidArgument, JobbieError, NotFound
+
+GW = "gw"
+log = logging.getLogger("jobbie.gateway")
+
+
+class Pending:
+    __slots__ = ("ident", "envelope", "req_id", "op", "client", "deadline", "args", "wait_until")
+
+    def __init__(self, ident, envelope, req_id, op, client, deadline, args=None, wait_until=0.0):
+        self.ident = ident
+        self.envelope = envelope
+        self.req_id = req_id
+        self.op = op
+        self.client = client
+        self.deadline = deadline
+        self.args = args
+        self.wait_until = wait_until
+
+
+class GatewayCore:
+    def __init__(self, node_id: str, incarnation: int, ids, reader, limits: opsdef.Limits = opsdef.Limits(),
+                 write_timeout_s: float = 5.0):
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.ids = ids
+        self.reader = reader
+        self.limits = limits
+        self.write_timeout_s = write_timeout_s
+        self.seq = 0
+        self.pending: dict[int, Pending] = {}
+        self.parked: dict[int, Pending] = {}  # seq -> parked fetch
+        self.parked_by_queue: dict[str, OrderedDict] = {}
+        self.deadlines: list = []  # heap of (time, seq): write deadlines and long-poll ends
+        self.replies: list = []  # [ident, (b""), bytes]
+        self.ops_out: list = []  # [client, size, tag, op bytes]
+        self.raft_status: dict = {}
+        self.actors: list = []
+        self.stats = {"requests": 0, "invalid": 0, "timeouts": 0}
+
+    # ------------------------------------------------------------------ output
+    def take_outputs(self):
+        replies, ops = self.replies, self.ops_out
+        self.replies, self.ops_out = [], []
+        return replies, ops
+
+    def reply(self, ident, envelope, req_id, body_key, body):
+        frame = codec.encode({"id": req_id, body_key: body})
+        self.replies.append([ident, b"", frame] if envelope else [ident, frame])
+
+    def reply_error(self, ident, envelope, req_id, err: JobbieError):
+        self.reply(ident, envelope, req_id, "err", err.to_wire())
+
+    # ----------------------------------------------------------------- intake
+    def on_request(self, frames: list, now: float):
+        """One multipart message from the ROUTER socket."""
+        self.stats["requests"] += 1
+        ident = frames[0]
+        if len(frames) == 3 and frames[1] == b"":
+            envelope, payload = True, frames[2]
+        elif len(frames) == 2:
+            envelope, payload = False, frames[1]
+        else:
+            self.stats["invalid"] += 1
+            err = InvalidArgument("a request is one frame (or an empty delimiter frame and one frame)",
+                                  reason="malformed")
+            self.reply_error(ident, len(frames) > 2, -1, err)
+            return
+        req_id = -1
+        try:
+            msg = codec.decode(payload)
+            if type(msg) is not dict:
+                raise InvalidArgument("a request must be a msgpack map {id, op, args}", reason="malformed")
+            req_id = msg.get("id")
+            if type(req_id) is not int or not -2**63 <= req_id < 2**64:
+                req_id = -1
+                raise InvalidArgument("request id must be an integer", field="id",
+                                      reason="missing_field" if "id" not in msg else "wrong_type")
+            if "op" not in msg:
+                raise InvalidArgument("request has no op", field="op", reason="missing_field")
+            extra = set(msg) - {"id", "op", "args", "client"}
+            if extra:
+                name = sorted(map(str, extra))[0]
+                raise InvalidArgument(f"unknown envelope field {name[:64]} (accepted: id, op, args, client)",
+                                      field=name[:64], reason="unknown_field")
+            client = msg.get("client")
+            if client is not None and (type(client) is not str or not opsdef.PRINTABLE_ID.match(client)):
+                raise InvalidArgument("client must be 1-128 printable ASCII characters", field="client",
+                                      reason="invalid_name")
+            op, args = opsdef.validate(msg["op"], msg.get("args"), self.limits, len(payload), int(now * 1000))
+        except codec.DecodeError as exc:
+            self.stats["invalid"] += 1
+            self.reply_error(ident, envelope, req_id, InvalidArgument(str(exc), reason="malformed"))
+            return
+        except JobbieError as exc:
+            self.stats["invalid"] += 1
+            self.reply_error(ident, envelope, req_id, exc)
+            return
+        client = client or ident.hex()
+        try:
+            self.dispatch(ident, envelope, req_id, op, args, client, now)
+        except Exception as exc:  # a bug: answer INTERNAL, keep serving everyone else
+            log.exception("request %s (%s) failed in the gateway", req_id, op.name)
+            self.reply(ident, envelope, req_id, "err", {"code": "INTERNAL", "reason": "gateway_error",
+                                                         "message": f"{type(exc).__name__}: {exc}"})
+
+    def dispatch(self, ident, envelope, req_id, op, args, client, now):
+        if op.path == "local":
+            self.reply(ident, envelope, req_id, "ok", self.cluster_status(now))
+        elif op.path == "read":
+            self.read(ident, envelope, req_id, op.name, args)
+        else:
+            p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s)
+            if op.name == "fetch":
+                p.args = args
+                p.wait_until = now + args["wait_ms"] / 1000.0
+                p.deadline = p.wait_until + self.write_timeout_s
+            self.submit(p, args, now)
+
+    def submit(self, p: Pending, args: dict, now: float):
+        self.seq += 1
+        tag = [GW, self.incarnation, self.seq]
+        op = {"op": p.op, "args": args, "now": int(now * 1000), "tag": tag}
+        ids = self.make_ids(p.op, args)
+        if ids:
+            op["ids"] = ids
+        data = codec.encode(op)
+        self.pending[self.seq] = p
+        heapq.heappush(self.deadlines, (p.deadline, self.seq))
+        self.ops_out.append([p.client, len(data), tag, data])
+
+    def make_ids(self, op_name: str, args: dict):
+        if op_name == "enqueue":
+            return [self.ids.new("job")]
+        if op_name == "enqueue_batch":
+            ids = [self.ids.new("job") for _ in args["jobs"]]
+            if args.get("batch"):
+                ids += [self.ids.new("bat"), self.ids.new("job")]
+            return ids
+        return None
+
+    def read(self, ident, envelope, req_id, name, args):
+        try:
+            if name == "get_job":
+                job = self.reader.get_job(args["job_id"])
+                if job is None:
+                    raise NotFound(f"job {args['job_id']} not found", field="job_id")
+                self.reply(ident, envelope, req_id, "ok", job)
+            elif name == "list_queues":
+                self.reply(ident, envelope, req_id, "ok", {"queues": self.reader.list_queues()})
+        except JobbieError as exc:
+            self.reply_error(ident, envelope, req_id, exc)
+
+    # ---------------------------------------------------------------- results
+    def on_applied(self, msg: dict, now: float):
+        for tag, result in msg.get("items") or ():
+            if tag[1] != self.incarnation:
+                continue  # another node's gateway, or an earlier life of this one
+            p = self.pending.pop(tag[2], None)
+            if p is None:
+                continue
+            if (p.op == "fetch" and "ok" in result and not result["ok"]["jobs"] and p.wait_until > now):
+                self.park(tag[2], p)
+                continue
+            if "ok" in result:
+                self.reply(p.ident, p.envelope, p.req_id, "ok", result["ok"])
+            else:
+                self.reply(p.ident, p.envelope, p.req_id, "err", result["err"])
+        for queue, count in (msg.get("woken") or {}).items():
+            self.wake(queue, count, now)
+
+    def park(self, seq: int, p: Pending):
+        self.parked[seq] = p
+        heapq.heappush(self.deadlines, (p.wait_until, seq))
+        for q in p.args["queues"]:
+            self.parked_by_queue.setdefault(q, OrderedDict())[seq] = None
+
+    def unpark(self, seq: int) -> Pending | None:
+        p = self.parked.pop(seq, None)
+        if p is not None:
+            for q in p.args["queues"]:
+                waiting = self.parked_by_queue.get(q)
+                if waiting is not None:
+                    waiting.pop(seq, None)
+                    if not waiting:
+                        del self.parked_by_queue[q]
+        return p
+
+    def wake(self, queue: str, count: int, now: float):
+        """Send parked fetches of `queue` again, oldest first, enough to take `count` jobs."""
+        waiting = self.parked_by_queue.get(queue)
+        while waiting and count > 0:
+            seq = next(iter(waiting))
+            p = self.unpark(seq)
+            count -= p.args["count"]
+            self.submit(p, p.args, now)
+
+    # ------------------------------------------------------------------- time
+    def on_tick(self, now: float):
+        heap = self.deadlines
+        while heap and heap[0][0] <= now:
+            _, seq = heapq.heappop(heap)
+            p = self.parked.get(seq)
+            if p is not None and p.wait_until <= now:
+                self.unpark(seq)
+                self.reply(p.ident, p.envelope, p.req_id, "ok", {"jobs": []})
+                continue
+            p = self.pending.get(seq)
+            if p is not None and p.deadline <= now:
+                del self.pending[seq]
+                self.stats["timeouts"] += 1
+                self.reply(p.ident, p.envelope, p.req_id, "err", {
+                    "code": "UNAVAILABLE", "reason": "timeout",
+                    "message": f"no outcome for {p.op} in time (a node process may be restarting); "
+                               "the outcome is unknown, retry with the same request_id",
+                    "retry_after_ms": 100})
+
+    def release_parked(self):
+        """Shutting down: answer every parked long-poll with no jobs."""
+        for seq in list(self.parked):
+            p = self.unpark(seq)
+            self.reply(p.ident, p.envelope, p.req_id, "ok", {"jobs": []})
+
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.parked)
+
+    # ----------------------------------------------------------------- status
+    def on_status(self, msg: dict, now: float):
+        if msg.get("k") == "raft_status":
+            self.raft_status = dict(msg, seen_at=now)
+        elif msg.get("k") == "actors":
+            self.actors = msg["actors"]
+
+    def cluster_status(self, now: float) -> dict:
+        raft = self.raft_status
+        fresh = raft and now - raft.get("seen_at", 0) < 2.0
+        out = {
+            "node_id": raft.get("node_id", self.node_id),
+            "role": raft.get("role", "unknown") if fresh else "unknown",
+            "leader": raft.get("leader") if fresh else None,
+            "term": raft.get("term", 0),
+            "commit_index": raft.get("commit_index", 0),
+            "applied_index": raft.get("applied_index", 0),
+            "durable": raft.get("durable", False),
+            "raft_bind": raft.get("raft_bind"),
+            "peers": raft.get("peers", []),
+            "actors": self.actors,
+            "gateway": {"pending": len(self.pending), "parked_fetches": len(self.parked), **self.stats},
+        }
+        if not fresh:
+            out["warning"] = "no recent report from the raft actor (starting or restarting)"
+        return out

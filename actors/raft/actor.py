@@ -1,0 +1,196 @@
+"""The raft actor process: pysyncobj plus the state machine over LMDB.
+
+Two threads matter here:
+- the pump (main) thread owns the inbound socket and the status PUB socket;
+  the pykka actor hands each drained entry to pysyncobj without waiting;
+- pysyncobj's tick thread applies committed entries (`apply_entry`) and owns
+  the outbound PUSH sockets it sends results on (created lazily, on that
+  thread, so each socket stays with one thread).
+
+A storage fault during an apply exits the process (code 70): the supervisor
+restarts it and the journal replays from LMDB's recorded index.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import lmdb
+import zmq
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+from jobbie.storage.env import Store
+from jobbie.storage.machine import apply_batch, applied_index
+from jobbie.transport import codec
+from jobbie.transport.pump import Inbox, Pump, ShellActor, socket
+
+from . import core
+
+log = logging.getLogger("jobbie.raft")
+
+FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
+EXIT_STORAGE_FAULT = 70
+
+
+def syncobj_conf(config, single: bool) -> SyncObjConf:
+    os.makedirs(config.raft_dir, exist_ok=True)
+    return SyncObjConf(
+        journalFile=os.path.join(config.raft_dir, "journal"),
+        fullDumpFile=os.path.join(config.raft_dir, "snapshot"),
+        # Wake the tick thread on every command instead of waiting for the next
+        # poll period: single requests are not held back for a batch window
+        # (admission batches already).
+        appendEntriesUseBatch=False,
+        autoTickPeriod=0.05,
+        # Keep every entry below the chunking threshold (RELIABILITY.md P11).
+        appendEntriesBatchSizeBytes=16 * 1024 * 1024,
+        bindAddress=config.raft_bind,
+        maxBindRetries=20,
+        bindRetryTime=0.25,
+        # Answer "no leader" at once (UNAVAILABLE) instead of queueing forever.
+        commandsWaitLeader=False,
+        # An isolated leader steps down within seconds (RELIABILITY.md P15).
+        leaderFallbackTimeout=5.0,
+        # A single node elects itself after one short timeout; a cluster on a
+        # busy 2-core box needs more slack than pysyncobj's 0.4-1.4 s defaults.
+        appendEntriesPeriod=0.03 if single else 0.1,
+        raftMinTimeout=0.1 if single else 0.8,
+        raftMaxTimeout=0.2 if single else 1.6,
+        connectionRetryTime=1.0,
+        # Snapshots come with the clusters issue; until then the journal is the log.
+        logCompactionMinEntries=2**62,
+        logCompactionMinTime=2**62,
+        dynamicMembershipChange=False,
+    )
+
+
+class JobbieRaft(SyncObj):
+    """pysyncobj node whose one replicated method applies a msgpack batch of ops."""
+
+    def __init__(self, config, store: Store, ctx: zmq.Context):
+        self._store = store
+        self._ctx = ctx
+        self._config = config
+        self._local = threading.local()
+        with store.begin() as txn:
+            self._applied = applied_index(txn, store.dbs)
+        single = not config.peers
+        super().__init__(config.raft_bind, list(config.peers), syncobj_conf(config, single))
+        self.addOnTickCallback(self._kick)
+
+    # pysyncobj commits a single node's entry only on the tick after it was
+    # added, and that tick waits for the poll period; nudge it instead.
+    def _kick(self):
+        if not self.otherNodes and self.raftCommitIndex < self._SyncObj__raftLog[-1][1]:
+            self._SyncObj__pipeNotifier.notify()
+
+    def _socket(self, name: str) -> zmq.Socket:
+        sockets = getattr(self._local, "sockets", None)
+        if sockets is None:
+            sockets = self._local.sockets = {}
+        s = sockets.get(name)
+        if s is None:
+            s = sockets[name] = socket(self._ctx, zmq.PUSH, connect=self._config.endpoint(name))
+        return s
+
+    def _send(self, frames):
+        for dest, message in frames:
+            try:
+                self._socket(dest).send(codec.encode(message), zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("could not hand an applied result to %s (away or full)", dest)
+
+    @replicated
+    def apply_entry(self, data: bytes):
+        index = self.raftLastApplied + 1
+        if index <= self._applied:
+            return None  # replayed from the journal; LMDB already holds it
+        try:
+            entry = core.decode_entry(data)
+        except Exception:
+            log.exception("entry %d is not a jobbie batch; skipped", index)
+            entry = {"v": 1, "ops": []}
+        try:
+            with self._store.begin(write=True) as txn:
+                results, changes = apply_batch(self._store, txn, index, entry["ops"])
+        except lmdb.Error:
+            log.critical("storage fault while applying entry %d; exiting for a clean restart", index,
+                         exc_info=True)
+            os._exit(EXIT_STORAGE_FAULT)
+        self._applied = index
+        if self._config.durable:
+            self._flush_journal()
+        self._send(core.route(entry, index, results, changes))
+        return None
+
+    def _flush_journal(self):
+        journal = self._SyncObj__raftLog
+        flush = getattr(journal, "flush", None)
+        if flush is not None:
+            flush()
+
+    def status(self) -> dict:
+        leader = self._getLeader()
+        return {
+            "node_id": self._config.node_id,
+            "role": "leader" if self._isLeader() else ("follower" if leader is not None else "candidate"),
+            "leader": leader.id if leader is not None else None,
+            "term": self.raftCurrentTerm,
+            "commit_index": self.raftCommitIndex,
+            "applied_index": self.raftLastApplied,
+            "durable": self._config.durable,
+            "raft_bind": self._config.raft_bind,
+            "peers": list(self._config.peers),
+            "pid": os.getpid(),
+        }
+
+
+class RaftActor(ShellActor):
+    def __init__(self, raft: JobbieRaft):
+        super().__init__()
+        self.raft = raft
+
+    def handle(self, inbox: Inbox) -> list:
+        for _, frames in inbox.messages:
+            self.propose(frames)
+        if inbox.tick:
+            return [("status", [codec.encode({"k": "raft_status", **self.raft.status()})])]
+        return []
+
+    def propose(self, frames):
+        data, tags_raw = frames[0], frames[1] if len(frames) > 1 else None
+        raft = self.raft
+
+        def on_done(result, error):
+            if error == FAIL_REASON.SUCCESS:
+                return
+            tags, entry_id = codec.decode_trusted(tags_raw) if tags_raw else ([], None)
+            raft._send(core.failed(tags, entry_id, FAIL_NAMES.get(error, str(error))))
+
+        raft.apply_entry(data, callback=on_done)
+
+
+def run(config) -> int:
+    ctx = zmq.Context()
+    store = Store(config.lmdb_path)
+    raft = JobbieRaft(config, store, ctx)
+    raft.waitBinded()
+    sockets = {
+        "in": socket(ctx, zmq.PULL, bind=config.endpoint("raft")),
+        "status": socket(ctx, zmq.PUB, bind=config.endpoint("raft-status"), hwm=100),
+    }
+    actor = RaftActor.start(raft)
+    pump = Pump(actor, sockets, inputs=["in"], tick_s=0.2)
+    pump.install_signal_handlers()
+    log.info("raft %s at %s, peers %s, applied index %d, durable %s", config.node_id, config.raft_bind,
+             config.peers or "none", raft._applied, config.durable)
+    try:
+        pump.run()
+    finally:
+        actor.stop()
+        raft.destroy()
+        for s in sockets.values():
+            s.close()
+        store.close()
+    return 0

@@ -1,0 +1,239 @@
+"""The supervisor: `jobbie server` itself.
+
+It takes the data directory (an exclusive flock, so two servers can never
+share one), starts each actor as its own OS process (raft first, since it
+creates the store), restarts a process that dies with exponential backoff,
+and stops the whole node with a clear message when one actor keeps dying
+(restart intensity). On SIGTERM/SIGINT it stops the node in order — gateway
+first (it stops taking requests and answers what is in flight), raft last
+(it closes its journal cleanly) — so nothing acknowledged is lost.
+
+It publishes the actor table (name, pid, restarts, alive) on an IPC PUB
+socket; the gateway shows it in cluster_status.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket as pysocket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from jobbie.transport import codec
+
+from .config import ACTORS, NodeConfig, pick_run_dir
+
+log = logging.getLogger("jobbie.supervisor")
+
+STOP_ORDER = ("gateway", "lifecycle", "admission", "raft")
+EXIT_GAVE_UP = 3
+
+
+class StartupError(Exception):
+    """The node cannot start; the message says why in one line."""
+
+
+@dataclass
+class RestartPolicy:
+    """Exponential backoff between restarts, and a limit on how often one actor may die."""
+
+    #: First restart delay; doubles per consecutive crash up to backoff_max_s.
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 5.0
+    #: More than `intensity_max` crashes within `intensity_window_s` stops the node.
+    intensity_max: int = 10
+    intensity_window_s: float = 60.0
+    #: A process that ran this long resets its backoff.
+    healthy_after_s: float = 30.0
+    crashes: list = field(default_factory=list)
+    streak: int = 0
+
+    def on_crash(self, now: float, ran_for_s: float) -> float | None:
+        """Delay before the restart, or None when the restart intensity is exceeded."""
+        self.crashes = [t for t in self.crashes if now - t < self.intensity_window_s] + [now]
+        if len(self.crashes) > self.intensity_max:
+            return None
+        self.streak = 1 if ran_for_s >= self.healthy_after_s else self.streak + 1
+        return min(self.backoff_max_s, self.backoff_base_s * 2 ** (self.streak - 1))
+
+
+class Child:
+    def __init__(self, name: str):
+        self.name = name
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self.restart_at: float | None = None
+        self.policy = RestartPolicy()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def row(self) -> dict:
+        return {"name": self.name, "pid": self.proc.pid if self.proc else None,
+                "restarts": self.restarts, "alive": self.alive}
+
+
+def free_port() -> int:
+    with pysocket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Supervisor:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.children = {name: Child(name) for name in ACTORS}
+        self.stopping = False
+        self.lock_file = None
+        self.pub = None
+        self.config_path = ""
+
+    # ----------------------------------------------------------------- set-up
+    def prepare(self):
+        cfg = self.config
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        self.lock_file = open(os.path.join(cfg.data_dir, "LOCK"), "a+")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock_file.seek(0)
+            holder = self.lock_file.read().strip() or "another process"
+            raise StartupError(f"data dir {cfg.data_dir} is in use by {holder}; "
+                               "stop that server or pass another --data-dir")
+        self.lock_file.seek(0)
+        self.lock_file.truncate()
+        self.lock_file.write(f"jobbie server pid {os.getpid()}\n")
+        self.lock_file.flush()
+        identity_path = os.path.join(cfg.data_dir, "node.json")
+        identity = {}
+        if os.path.exists(identity_path):
+            with open(identity_path) as f:
+                identity = json.load(f)
+            if identity.get("node_id") and identity["node_id"] != cfg.node_id:
+                raise StartupError(f"data dir {cfg.data_dir} belongs to node {identity['node_id']!r}, "
+                                   f"not {cfg.node_id!r}")
+        if not cfg.raft_bind:
+            cfg.raft_bind = identity.get("raft_bind") or f"127.0.0.1:{free_port()}"
+        elif identity.get("raft_bind") and identity["raft_bind"] != cfg.raft_bind and not cfg.peers:
+            log.warning("raft address changed from %s to %s", identity["raft_bind"], cfg.raft_bind)
+        identity.update(node_id=cfg.node_id, raft_bind=cfg.raft_bind)
+        with open(identity_path + ".tmp", "w") as f:
+            json.dump(identity, f)
+        os.replace(identity_path + ".tmp", identity_path)
+        cfg.run_dir = cfg.run_dir or pick_run_dir(cfg.data_dir)
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        os.makedirs(cfg.log_dir, exist_ok=True)
+        self.config_path = os.path.join(cfg.run_dir, "node.msgpack")
+        cfg.save(self.config_path)
+
+    # -------------------------------------------------------------- processes
+    def spawn(self, child: Child):
+        log_path = os.path.join(self.config.log_dir, f"{child.name}.log")
+        with open(log_path, "ab") as logf:
+            child.proc = subprocess.Popen(
+                [sys.executable, "-m", "jobbie.actors.launch", child.name, self.config_path],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, close_fds=True,
+                # Own session: a terminal's Ctrl-C or a killpg reaches the supervisor
+                # alone, which then stops the actors in order. PR_SET_PDEATHSIG
+                # (actors/launch.py) takes them down if the supervisor is killed.
+                start_new_session=True)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def publish(self):
+        rows = [c.row() for c in self.children.values()]
+        rows.append({"name": "supervisor", "pid": os.getpid(), "restarts": 0, "alive": True})
+        try:
+            self.pub.send(codec.encode({"k": "actors", "actors": rows}), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def watch_once(self, now: float) -> str | None:
+        """Restart what died; returns a reason to stop the node, or None."""
+        for child in self.children.values():
+            if child.proc is not None and child.proc.poll() is not None and child.restart_at is None:
+                code = child.proc.returncode
+                delay = child.policy.on_crash(now, now - child.started_at)
+                if delay is None:
+                    return (f"the {child.name} actor died {child.policy.intensity_max + 1} times within "
+                            f"{child.policy.intensity_window_s:g}s (last exit code {code}); see "
+                            f"{os.path.join(self.config.log_dir, child.name + '.log')}")
+                log.warning("%s actor (pid %d) exited with code %s; restarting in %.2fs",
+                            child.name, child.proc.pid, code, delay)
+                child.restart_at = now + delay
+            if child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                self.spawn(child)
+        return None
+
+    def stop_all(self):
+        for name in STOP_ORDER:
+            child = self.children[name]
+            if not child.alive:
+                continue
+            child.proc.send_signal(signal.SIGTERM)
+            try:
+                child.proc.wait(timeout=8.0)
+            except subprocess.TimeoutExpired:
+                log.warning("%s actor did not stop in time; killing it", name)
+                child.proc.kill()
+                child.proc.wait()
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> int:
+        self.prepare()
+        ctx = zmq.Context()
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(self.config.endpoint("supervisor"))
+
+        def on_signal(signum, _frame):
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        for name in ACTORS:
+            self.spawn(self.children[name])
+        cfg = self.config
+        print(f"jobbie: node {cfg.node_id} serving {cfg.bind} (data {os.path.abspath(cfg.data_dir)}, "
+              f"raft {cfg.raft_bind}, durable={'true' if cfg.durable else 'false'}); "
+              f"logs in {cfg.log_dir}", file=sys.stderr, flush=True)
+        reason = None
+        last_publish = 0.0
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                reason = self.watch_once(now)
+                if reason:
+                    break
+                if now - last_publish >= 0.25:
+                    self.publish()
+                    last_publish = now
+                time.sleep(0.02)
+        finally:
+            self.stop_all()
+            self.pub.close()
+            ctx.term()
+        if reason:
+            print(f"jobbie: stopping the node: {reason}", file=sys.stderr, flush=True)
+            return EXIT_GAVE_UP
+        print("jobbie: node stopped cleanly", file=sys.stderr, flush=True)
+        return 0
+
+
+def run_server(config: NodeConfig) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s supervisor %(levelname)s: %(message)s")
+    try:
+        return Supervisor(config).run()
+    except StartupError as exc:
+        print(f"jobbie: cannot start: {exc}", file=sys.stderr)
+        return 2

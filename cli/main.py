@@ -1,0 +1,150 @@
+"""The `jobbie` command line (fire): parse, call the client, print.
+
+Every command takes `--server ENDPOINT` (or the JOBBIE_SERVER environment
+variable; default tcp://127.0.0.1:7700) and `--output json` for scripts.
+Errors print one line on stderr and exit non-zero.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import fire
+
+from jobbie.transport.client import Client, server_endpoint
+from jobbie.transport.errors import JobbieError
+
+from . import render
+
+
+class Cli:
+    """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
+
+    Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.
+    """
+
+    def server(self, data_dir: str = "./jobbie-data", bind: str = "tcp://127.0.0.1:7700", durable: bool = False,
+               node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024):
+        """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
+
+        Args:
+          data_dir: Where the node keeps its LMDB store, raft journal and logs (created if missing).
+          bind: ZeroMQ endpoint for clients (the protocol's ROUTER socket).
+          durable: false (default) = fast: acknowledged writes survive a crash of jobbie's processes but
+            not a power loss or OS crash. true = the raft journal is fsynced before a write is acknowledged.
+          node_id: This node's name in a cluster.
+          raft_bind: host:port for raft traffic (default: a free loopback port, remembered in the data dir).
+          peers: Comma-separated host:port raft addresses of the other voters (empty: a single node).
+          payload_max_bytes: Largest accepted job payload, encoded (default 1 MiB).
+        """
+        from jobbie.actors.config import NodeConfig
+        from jobbie.actors.supervisor import run_server
+
+        peer_list = [p.strip() for p in str(peers).split(",") if p.strip()] if peers else []
+        config = NodeConfig(data_dir=str(data_dir), bind=bind, node_id=str(node_id), raft_bind=str(raft_bind),
+                            peers=peer_list, durable=_flag(durable), payload_bytes_max=int(payload_max_bytes))
+        sys.exit(run_server(config))
+
+    def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay_ms: int = None,
+                max_retries: int = None, unique_key: str = None, tags: str = None, server: str = None,
+                output: str = "text"):
+        """Add a job. PAYLOAD is JSON, e.g. jobbie enqueue emails '{"to": "a@b.c"}'.
+
+        Args:
+          queue: Queue name.
+          payload: The job's payload as JSON (default null).
+          priority: critical, high, normal (default) or low.
+          delay_ms: Do not run before now + this many milliseconds.
+          max_retries: Retries after the first attempt (default 3).
+          unique_key: At most one live job per (queue, key).
+          tags: JSON object of string tags, e.g. '{"tenant": "acme"}'.
+        """
+        args = {"queue": str(queue), "payload": _json_arg(payload, "payload"), "priority": priority,
+                "delay_ms": delay_ms, "max_retries": max_retries, "unique_key": unique_key,
+                "tags": _json_arg(tags, "tags") if tags is not None else None}
+        return _run(server, output, "enqueue", args, render.enqueued)
+
+    def inspect(self, job_id: str, server: str = None, output: str = "text"):
+        """Show one job: state, attempts, errors, timestamps."""
+        return _run(server, output, "get_job", {"job_id": str(job_id)}, render.job)
+
+    def cancel(self, job_id: str, server: str = None, output: str = "text"):
+        """Cancel a job (an active job is told on its next heartbeat)."""
+        return _run(server, output, "cancel_job", {"job_id": str(job_id)}, render.state)
+
+    def retry(self, job_id: str, server: str = None, output: str = "text"):
+        """Run a dead, cancelled, completed, retrying or scheduled job again now."""
+        return _run(server, output, "retry_job", {"job_id": str(job_id)}, render.state)
+
+    def delete(self, job_id: str, server: str = None, output: str = "text"):
+        """Delete a job and everything recorded about it."""
+        return _run(server, output, "delete_job", {"job_id": str(job_id)}, lambda r: "deleted")
+
+    def queues(self, server: str = None, output: str = "text"):
+        """List queues with their job counts per state."""
+        return _run(server, output, "list_queues", {}, render.queues)
+
+    def pause(self, queue: str, server: str = None, output: str = "text"):
+        """Stop handing out jobs of QUEUE (enqueue still works)."""
+        return _run(server, output, "pause_queue", {"queue": str(queue)}, lambda r: f"paused {queue}")
+
+    def resume(self, queue: str, server: str = None, output: str = "text"):
+        """Hand out jobs of QUEUE again."""
+        return _run(server, output, "resume_queue", {"queue": str(queue)}, lambda r: f"resumed {queue}")
+
+    def status(self, server: str = None, output: str = "text"):
+        """Show the node: raft role, indexes, durability mode, actor processes."""
+        return _run(server, output, "cluster_status", {}, render.status)
+
+
+def _flag(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+def _json_arg(text, name):
+    if not isinstance(text, str):
+        return text  # fire already parsed it (a number, a list, a dict)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{name} is not valid JSON: {exc}")
+
+
+def _fail(message: str, code: int = 1):
+    print(f"jobbie: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _run(server, output, op, args, to_text):
+    if output not in ("text", "json"):
+        _fail(f"--output must be text or json, not {output!r}", 2)
+    args = {k: v for k, v in args.items() if v is not None}
+    with Client(server, timeout=5.0, retry_for=10.0) as client:
+        try:
+            result = client.call(op, **args)
+        except JobbieError as exc:
+            field = f" (field {exc.field})" if exc.field else ""
+            _fail(f"{exc.code}: {exc.message}{field} [server {server_endpoint(server)}]")
+    if output == "json":
+        print(json.dumps(result, default=_json_default, sort_keys=True))
+    else:
+        print(to_text(result))
+
+
+def _json_default(value):
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def main():
+    # fire prints return values; commands print themselves and return None.
+    os.environ.setdefault("PAGER", "cat")
+    fire.Fire(Cli, name="jobbie")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Human-readable output for the CLI: aligned tables and short lines."""
+from __future__ import annotations
+
+import datetime
+import json
+
+
+def _time(ms):
+    if not ms:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def enqueued(r):
+    note = " (existing job for this unique key)" if r.get("unique_existing") else ""
+    return f"{r['job_id']} {r['state']}{note}"
+
+
+def state(r):
+    extra = " (cancel requested; the worker is told on its next heartbeat)" if r.get("cancel_requested") else ""
+    return f"{r['state']}{extra}"
+
+
+def job(j):
+    fields = [
+        ("id", j["id"]), ("queue", j["queue"]), ("state", j["state"]), ("priority", j["priority"]),
+        ("attempt", f"{j['attempt']} of {j['max_retries'] + 1}"), ("created", _time(j["created_at"])),
+        ("run at", _time(j.get("run_at"))), ("started", _time(j.get("started_at"))),
+        ("completed", _time(j.get("completed_at"))), ("worker", j.get("worker_id") or "-"),
+        ("lease until", _time(j.get("lease_expires_at"))), ("progress", json.dumps(j.get("progress"))),
+        ("tags", json.dumps(j.get("tags") or {})), ("payload", _short(j.get("payload"))),
+        ("result", _short(j.get("result"))), ("last error", j.get("last_error") or "-"),
+    ]
+    out = "\n".join(f"{k:<12} {v}" for k, v in fields)
+    for err in j.get("errors") or []:
+        out += f"\n  attempt {err['attempt']} at {_time(err['at'])}: {err['error']}"
+    return out
+
+
+def _short(value, limit=200):
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def queues(r):
+    rows = [[q["name"], "paused" if q["paused"] else "active", q["pending"], q["active"], q["scheduled"],
+             q["retrying"], q["held"], q["dead"], q["completed"], q["cancelled"]] for q in r["queues"]]
+    if not rows:
+        return "no queues yet"
+    return table(rows, ["QUEUE", "STATUS", "PENDING", "ACTIVE", "SCHEDULED", "RETRYING", "HELD", "DEAD",
+                        "COMPLETED", "CANCELLED"])
+
+
+def status(s):
+    head = (f"node {s['node_id']}: {s['role']} (term {s['term']}, leader {s.get('leader') or '-'}), "
+            f"commit {s['commit_index']}, applied {s['applied_index']}, "
+            f"durable={'true' if s['durable'] else 'false'}")
+    if s.get("warning"):
+        head += f"\nwarning: {s['warning']}"
+    rows = [[a["name"], a["pid"] or "-", a["restarts"], "yes" if a["alive"] else "NO"] for a in s["actors"]]
+    return head + "\n" + table(rows, ["ACTOR", "PID", "RESTARTS", "ALIVE"])

@@ -1,0 +1,214 @@
+"""The Python client: pipelined requests over one DEALER socket.
+
+One background thread owns the socket; any number of caller threads submit
+requests and wait on futures, so many requests are in flight at once and
+replies may come back in any order (matched by request id).
+
+`call` is the safe way in: writes get a `request_id` (unless given), and a
+time-out, UNAVAILABLE or RESOURCE_EXHAUSTED answer is retried with that same
+`request_id` until `retry_for` runs out, honouring `retry_after_ms`. The
+server applies such a retry at most once.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+
+import zmq
+
+from . import codec
+from .errors import RETRYABLE, Unavailable, from_wire
+from .ops import OPS
+
+DEFAULT_SERVER = "tcp://127.0.0.1:7700"
+#: Writes that are not given a request_id automatically: retrying them with
+#: one would store their (possibly large) results in the dedupe table.
+_NO_AUTO_REQUEST_ID = frozenset({"fetch", "heartbeat"})
+
+
+def server_endpoint(server: str | None = None) -> str:
+    return server or os.environ.get("JOBBIE_SERVER") or DEFAULT_SERVER
+
+
+class Client:
+    """A connection to one jobbie node."""
+
+    def __init__(self, server: str | None = None, timeout: float = 10.0, retry_for: float = 30.0,
+                 client_key: str | None = None):
+        self.endpoint = server_endpoint(server)
+        self.timeout = timeout
+        self.retry_for = retry_for
+        self.client_key = client_key
+        self._ids = itertools.count(1)
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._futures: dict[int, Future] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._closed = False
+        self._ctx = zmq.Context.instance()
+        self._thread = threading.Thread(target=self._io, name="jobbie-client-io", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------- I/O thread
+    def _io(self):
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self.endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._closed:
+                for fd_or_sock, _ in poller.poll(200):
+                    if fd_or_sock is sock:
+                        while True:
+                            try:
+                                frame = sock.recv(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                            self._deliver(frame)
+                    else:
+                        try:
+                            os.read(self._wake_r, 65536)
+                        except BlockingIOError:
+                            pass
+                while True:
+                    try:
+                        data = self._outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    sock.send(data)
+        finally:
+            sock.close()
+            for fut in list(self._futures.values()):
+                if not fut.done():
+                    fut.set_exception(Unavailable("client closed", reason="closed"))
+
+    def _deliver(self, frame: bytes):
+        try:
+            msg = codec.decode(frame)
+            fut = self._futures.pop(msg.get("id"), None)
+        except (codec.DecodeError, AttributeError):
+            return
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    # --------------------------------------------------------------- requests
+    def submit(self, op: str, args: dict | None = None) -> Future:
+        """Send one request now; the future resolves to the raw reply map ({"id", "ok"|"err"})."""
+        if self._closed:
+            raise Unavailable("client is closed", reason="closed")
+        req_id = next(self._ids)
+        fut: Future = Future()
+        self._futures[req_id] = fut
+        msg = {"id": req_id, "op": op, "args": args or {}}
+        if self.client_key:
+            msg["client"] = self.client_key
+        fut.req_id = req_id
+        self._outbox.put(codec.encode(msg))
+        os.write(self._wake_w, b"x")
+        return fut
+
+    def forget(self, fut: Future):
+        self._futures.pop(getattr(fut, "req_id", None), None)
+
+    def call(self, op: str, **args) -> dict:
+        """Send one request and return its `ok` map, retrying what is safe to retry.
+
+        Raises:
+            JobbieError: the server's answer (typed by code), or Unavailable after `retry_for`.
+        """
+        args = {k: v for k, v in args.items() if v is not None}
+        spec = OPS.get(op)
+        if spec is not None and spec.path == "write" and op not in _NO_AUTO_REQUEST_ID:
+            args.setdefault("request_id", uuid.uuid4().hex)
+        give_up = time.monotonic() + self.retry_for
+        wait = self.timeout + args.get("wait_ms", 0) / 1000.0
+        pause = 0.05
+        while True:
+            fut = self.submit(op, args)
+            try:
+                reply = fut.result(timeout=wait)
+            except FutureTimeout:
+                self.forget(fut)
+                reply = {"err": {"code": "UNAVAILABLE", "reason": "timeout",
+                                 "message": f"no answer from {self.endpoint} within {wait:g}s"}}
+            if "ok" in reply:
+                return reply["ok"]
+            err = reply.get("err") or {}
+            if err.get("code") not in RETRYABLE or time.monotonic() >= give_up:
+                raise from_wire(err)
+            hint = err.get("retry_after_ms")
+            time.sleep(min(hint / 1000.0, 5.0) if hint else pause)
+            pause = min(pause * 2, 1.0)
+
+    # ---------------------------------------------------------- conveniences
+    def enqueue(self, queue: str, payload, **options) -> str:
+        return self.call("enqueue", queue=queue, payload=payload, **options)["job_id"]
+
+    def enqueue_batch(self, jobs: list, batch: dict | None = None, **options) -> dict:
+        return self.call("enqueue_batch", jobs=jobs, batch=batch, **options)
+
+    def fetch(self, queues, worker_id: str, count: int = 1, wait_ms: int = 0, lease_ms: int = 30_000,
+              hostname: str | None = None) -> list:
+        queues = [queues] if isinstance(queues, str) else list(queues)
+        return self.call("fetch", queues=queues, worker_id=worker_id, count=count, wait_ms=wait_ms,
+                         lease_ms=lease_ms, hostname=hostname)["jobs"]
+
+    def ack(self, job_id: str, attempt: int | None = None, result=None, **options) -> dict:
+        return self.call("ack", job_id=job_id, attempt=attempt, result=result, **options)
+
+    def fail(self, job_id: str, error: str, attempt: int | None = None, **options) -> dict:
+        return self.call("fail", job_id=job_id, error=error, attempt=attempt, **options)
+
+    def heartbeat(self, worker_id: str, jobs: dict) -> dict:
+        return self.call("heartbeat", worker_id=worker_id, jobs=jobs)["jobs"]
+
+    def get_job(self, job_id: str) -> dict:
+        return self.call("get_job", job_id=job_id)
+
+    def cancel(self, job_id: str) -> dict:
+        return self.call("cancel_job", job_id=job_id)
+
+    def retry(self, job_id: str) -> dict:
+        return self.call("retry_job", job_id=job_id)
+
+    def delete(self, job_id: str) -> dict:
+        return self.call("delete_job", job_id=job_id)
+
+    def pause(self, queue: str) -> dict:
+        return self.call("pause_queue", queue=queue)
+
+    def resume(self, queue: str) -> dict:
+        return self.call("resume_queue", queue=queue)
+
+    def queues(self) -> list:
+        return self.call("list_queues")["queues"]
+
+    def status(self) -> dict:
+        return self.call("cluster_status")
+
+    # -------------------------------------------------------------- lifetime
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=2.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
