@@ -1,0 +1,240 @@
+"""The Python worker runtime.
+
+    from jobbie.transport.worker import Worker
+
+    def send_email(job):
+        job.progress(50)
+        return {"sent": True}
+
+    Worker({"emails": send_email}, concurrency=4).run()
+
+A handler receives a `Job` and returns the result (the job is acked with it)
+or raises (the attempt fails; the server retries with backoff or marks the
+job dead). The runtime:
+- fetches with long-polls, never more jobs than it has free slots;
+- heartbeats every in-flight job in one request per interval, carrying
+  progress, checkpoints and usage, and learns of cancellation (`job.cancelled`,
+  or `job.check()` raising `Cancelled`) and lost leases;
+- presents the attempt as a lease token, so a worker that lost its lease
+  cannot complete a job someone else now holds;
+- retries on RESOURCE_EXHAUSTED / UNAVAILABLE (through `Client.call`);
+- on SIGTERM/SIGINT drains: it stops fetching, lets running jobs finish for
+  up to `drain_timeout` seconds, and fails the rest with their checkpoint so
+  the next attempt resumes from it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+from .client import Client
+from .errors import JobbieError
+
+log = logging.getLogger("jobbie.worker")
+
+
+class Cancelled(Exception):
+    """Raised by `Job.check()` when the job was cancelled or its lease was lost."""
+
+
+class Job:
+    """One leased job, as a handler sees it."""
+
+    def __init__(self, data: dict):
+        self.id = data["job_id"]
+        self.queue = data["queue"]
+        self.payload = data["payload"]
+        self.attempt = data["attempt"]
+        self.max_retries = data["max_retries"]
+        self.lease_ms = data["lease_ms"]
+        self.tags = data.get("tags") or {}
+        self.agent = data.get("agent")
+        self.checkpoint = data.get("checkpoint")
+        self.cancelled = False
+        self.lost = False
+        self._lock = threading.Lock()
+        self._dirty: dict = {}
+
+    def progress(self, value):
+        """Report progress (any msgpack value); sent with the next heartbeat."""
+        with self._lock:
+            self._dirty["progress"] = value
+
+    def save_checkpoint(self, value):
+        """Store a checkpoint; a later attempt of this job starts with it in `job.checkpoint`."""
+        with self._lock:
+            self.checkpoint = value
+            self._dirty["checkpoint"] = value
+
+    def report_usage(self, **usage):
+        """Cumulative usage of this attempt (input_tokens, output_tokens, model, provider, cost_usd, latency_ms)."""
+        with self._lock:
+            self._dirty["usage"] = usage
+
+    def check(self):
+        """Raise `Cancelled` if the job was cancelled or this worker lost its lease."""
+        if self.cancelled or self.lost:
+            raise Cancelled(f"job {self.id} was {'cancelled' if self.cancelled else 'lost'}")
+
+    def take_heartbeat(self) -> dict:
+        with self._lock:
+            entry, self._dirty = dict(self._dirty), {}
+        entry["attempt"] = self.attempt
+        return entry
+
+
+class Worker:
+    """Runs handlers for the given queues until stopped."""
+
+    def __init__(self, handlers: dict, server: str | None = None, client: Client | None = None,
+                 concurrency: int = 4, lease_ms: int = 30_000, heartbeat_ms: int | None = None,
+                 wait_ms: int = 2000, drain_timeout: float = 30.0, worker_id: str | None = None):
+        if not handlers:
+            raise ValueError("a worker needs at least one handler: {queue: function}")
+        self.handlers = dict(handlers)
+        self.client = client or Client(server)
+        self._own_client = client is None
+        self.concurrency = concurrency
+        self.lease_ms = lease_ms
+        self.heartbeat_s = (heartbeat_ms or max(500, lease_ms // 3)) / 1000.0
+        self.wait_ms = wait_ms
+        self.drain_timeout = drain_timeout
+        self.hostname = socket.gethostname()
+        self.worker_id = worker_id or f"{self.hostname}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.in_flight: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(concurrency)
+        self._stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="jobbie-job")
+        self.completed = 0
+        self.failed = 0
+
+    # ---------------------------------------------------------------- control
+    def stop(self, *_):
+        """Begin a graceful drain (safe from a signal handler)."""
+        self._stopping.set()
+
+    def run(self):
+        """Fetch and run jobs until `stop()` or SIGTERM/SIGINT, then drain."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        beat = threading.Thread(target=self._heartbeat_loop, name="jobbie-heartbeat", daemon=True)
+        beat.start()
+        try:
+            self._fetch_loop()
+        finally:
+            self._drain()
+            if self._own_client:
+                self.client.close()
+
+    # ---------------------------------------------------------------- fetching
+    def _fetch_loop(self):
+        queues = list(self.handlers)
+        while not self._stopping.is_set():
+            if not self._slots.acquire(timeout=0.2):
+                continue
+            free = 1
+            while free < self.concurrency and self._slots.acquire(blocking=False):
+                free += 1
+            try:
+                jobs = self.client.fetch(queues, self.worker_id, count=free, wait_ms=self.wait_ms,
+                                         lease_ms=self.lease_ms, hostname=self.hostname)
+            except JobbieError as exc:
+                log.warning("fetch failed: %s", exc)
+                jobs = []
+                self._stopping.wait(0.5)
+            for _ in range(free - len(jobs)):
+                self._slots.release()
+            for data in jobs:
+                job = Job(data)
+                with self._lock:
+                    self.in_flight[job.id] = job
+                self._pool.submit(self._run_job, job)
+
+    def _run_job(self, job: Job):
+        try:
+            handler = self.handlers[job.queue]
+            try:
+                result = handler(job)
+            except Exception as exc:
+                self._finish(job, error=exc)
+            else:
+                self._finish(job, result=result)
+        finally:
+            with self._lock:
+                self.in_flight.pop(job.id, None)
+            self._slots.release()
+
+    def _finish(self, job: Job, result=None, error: Exception | None = None):
+        if job.lost:
+            return  # someone else holds the job now; our outcome does not count
+        extra = job.take_heartbeat()
+        extra.pop("progress", None)
+        try:
+            if error is None:
+                self.client.ack(job.id, result=result, **extra)
+                self.completed += 1
+            else:
+                message = f"{type(error).__name__}: {error}"
+                self.client.fail(job.id, message, backtrace="".join(traceback.format_exception(error)),
+                                 **extra)
+                self.failed += 1
+        except JobbieError as exc:
+            if exc.reason == "lease_lost":
+                log.warning("job %s: lease lost before it finished; its outcome was discarded", job.id)
+            else:
+                log.error("job %s: could not report its outcome: %s", job.id, exc)
+        finally:
+            job.lost = True  # reported (or abandoned): nothing more goes out for it
+
+    # -------------------------------------------------------------- heartbeats
+    def _heartbeat_loop(self):
+        while not self._stopping.wait(self.heartbeat_s) or self.in_flight:
+            self._heartbeat_once()
+            if self._stopping.is_set() and not self.in_flight:
+                break
+
+    def _heartbeat_once(self):
+        with self._lock:
+            jobs = {job_id: job for job_id, job in self.in_flight.items() if not job.lost}
+        if not jobs:
+            return
+        try:
+            answers = self.client.heartbeat(self.worker_id, {j: job.take_heartbeat() for j, job in jobs.items()})
+        except JobbieError as exc:
+            log.warning("heartbeat failed: %s", exc)
+            return
+        for job_id, answer in answers.items():
+            job = jobs.get(job_id)
+            if job is None:
+                continue
+            if answer["status"] == "cancel":
+                job.cancelled = True
+            elif answer["status"] == "lost":
+                job.lost = True
+
+    # ------------------------------------------------------------------ drain
+    def _drain(self):
+        deadline = time.monotonic() + self.drain_timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            left = list(self.in_flight.values())
+        for job in left:
+            job.cancelled = True  # cooperative handlers stop at their next check()
+            if not job.lost:
+                extra = job.take_heartbeat()
+                extra.pop("progress", None)
+                try:
+                    self.client.fail(job.id, "worker shut down before the job finished", **extra)
+                except JobbieError as exc:
+                    log.warning("job %s: could not hand it back: %s", job.id, exc)
+                job.lost = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
