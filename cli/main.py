@@ -143,7 +143,7 @@ def _json_default(value):
 def main():
     # fire prints return values; commands print themselves and return None.
     os.environ.setdefault("PAGER", "cat")
-    fire.Fire(Cli, name="jobbie")
+    fire.Fire(Cli(), name="jobbie")
 
 
 if __name__ == "__main__":
