@@ -56,6 +56,8 @@ class AdmissionActor(ShellActor):
                     refusal = self.core.offer(client, size, tag, op_bytes)
                     if refusal is not None:
                         refusals.setdefault(origin_socket(tag[0]), []).append([tag, refusal])
+            elif kind == "raft_hello":
+                self.core.on_raft_restarted()
             elif kind == "applied":
                 entry_id = msg.get("entry")
                 if entry_id and entry_id[0] == self.incarnation:

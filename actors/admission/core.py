@@ -11,8 +11,9 @@ Rules it keeps:
   raft, a batch is cut at once (low latency when idle); otherwise ops wait and
   the next entry carries everything that piled up (throughput under load).
   An entry never exceeds `entry_ops_max` ops or `entry_bytes_max` bytes.
-- An entry raft never answers for (its process restarted) is forgotten after
-  `entry_timeout_s`; the gateway has told the client by then.
+- An entry raft never answers for (its process restarted) is forgotten when
+  the new raft process says hello, or after `entry_timeout_s`; the gateway
+  answers its ops UNAVAILABLE when its own time-out runs out.
 
 Pure: no sockets, no clock (time comes in as `now`).
 """
@@ -34,8 +35,9 @@ class AdmissionLimits:
     entry_ops_max: int = 2000
     #: Encoded bytes in one raft entry (well below pysyncobj's append-entries batch).
     entry_bytes_max: int = 2 * 1024 * 1024
-    #: Forget an entry raft has not answered for after this long.
-    entry_timeout_s: float = 10.0
+    #: Forget an entry raft has not answered for after this long (a backstop:
+    #: a restarted raft actor says hello, which frees its entries at once).
+    entry_timeout_s: float = 3.0
 
 
 class Waiting:
@@ -121,6 +123,12 @@ class AdmissionCore:
         elapsed = max(now - sent_at, 1e-4)
         self.apply_rate = 0.8 * self.apply_rate + 0.2 * (done / elapsed) if self.apply_rate else done / elapsed
         self.applied_ops += done
+
+    def on_raft_restarted(self):
+        """Raft came back: whatever it had not answered is lost (or will be answered late, harmlessly)."""
+        for _, counts in self.in_flight.values():
+            self._release(counts)
+        self.in_flight.clear()
 
     def expire(self, now: float):
         for n, (sent_at, counts) in list(self.in_flight.items()):

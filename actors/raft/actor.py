@@ -182,6 +182,11 @@ def run(config) -> int:
     }
     actor = RaftActor.start(raft)
     pump = Pump(actor, sockets, inputs=["in"], tick_s=0.2)
+    # Tell admission a (new) raft process is here, so it frees the entries the
+    # previous one never answered instead of waiting for their time-out.
+    hello = socket(ctx, zmq.PUSH, connect=config.endpoint("admission"))
+    hello.send(codec.encode({"k": "raft_hello"}))
+    hello.close(linger=1000)
     pump.install_signal_handlers()
     log.info("raft %s at %s, peers %s, applied index %d, durable %s", config.node_id, config.raft_bind,
              config.peers or "none", raft._applied, config.durable)

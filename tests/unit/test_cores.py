@@ -326,3 +326,14 @@ def test_restart_intensity_stops_the_node():
     # Crashes spread over more than the window are tolerated
     spread = RestartPolicy(intensity_max=3, intensity_window_s=10.0)
     assert all(spread.on_crash(t * 11.0, 0.1) is not None for t in range(10))
+
+
+def test_admission_frees_everything_when_raft_says_hello_after_a_restart():
+    core = AdmissionCore(AdmissionLimits(entries_in_flight_max=1))
+    offer_many(core, "a", 3)
+    core.cut_batch(0.0)
+    offer_many(core, "a", 1, start=3)
+    assert core.cut_batch(0.0) is None
+    core.on_raft_restarted()
+    assert core.in_flight == {} and core.total == 1
+    assert len(core.cut_batch(0.1)[1]) == 1
