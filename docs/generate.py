@@ -1,0 +1,377 @@
+"""Regenerate the marked sections of docs/protocol.md and docs/states.md.
+
+    python docs/generate.py          # rewrite the generated sections in place
+    python docs/generate.py --check  # exit 1 if any generated section is stale
+
+A generated section is everything between a line `<!-- generated:NAME -->` and
+the line `<!-- /generated:NAME -->`. Text outside those lines is hand-written
+and left alone. The tables come from the installed `jobbie` package only:
+`jobbie.transport.ops.OPS` (arguments, defaults, bounds, `ok` fields) and
+`jobbie.storage.states.TRANSITIONS` (the job state moves), so the docs cannot
+drift from the code without `--check` noticing.
+
+protocol.md sections: `op-summary`, `limits`, and one `op:NAME` per op in OPS.
+states.md sections: `states`, `transitions`, `diagram`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from jobbie.storage import states as st
+from jobbie.storage.machine import DEDUPE_TTL_MS, ERRORS_KEPT
+from jobbie.transport import ops as opsdef
+from jobbie.transport.codec import FRAME_BYTES_MAX
+
+DOCS = os.path.dirname(os.path.abspath(__file__))
+PROTOCOL = os.path.join(DOCS, "protocol.md")
+STATES = os.path.join(DOCS, "states.md")
+
+BEGIN = re.compile(r"^<!-- generated:(\S+) -->$")
+END = "<!-- /generated:{} -->"
+
+# ------------------------------------------------------------------ hand-kept words
+# OPS names the `ok` fields but does not describe them; these descriptions live
+# here, next to the generator, keyed by (op, field) first and then by field.
+OK_FIELD_DOCS = {
+    ("enqueue", "job_id"): "Id of the new job, or of the live job that already holds the unique key.",
+    ("enqueue", "state"): "State of that job now (`pending`, `scheduled`, `held`, or the existing job's state).",
+    ("enqueue", "unique_existing"): "`true` when no job was created because the unique key is taken.",
+    ("enqueue_batch", "job_ids"): "One id per entry of `jobs`, same order (an existing job's id where a unique key was taken).",
+    ("enqueue_batch", "batch_id"): "`bat_...` id of the batch, or nil when `batch` was not given.",
+    ("fetch", "jobs"): "Leased jobs, best first: maps `{job_id, queue, payload, attempt, max_retries, lease_ms, "
+                       "checkpoint, tags, agent}`. Empty list when nothing was found within `wait_ms`.",
+    ("ack", "state"): "`completed`.",
+    ("fail", "state"): "`retrying` (backoff > 0), `pending` (backoff 0), `dead` or `cancelled` (cancel was requested).",
+    ("fail", "next_attempt_at"): "When the job may run again (ms since epoch); nil when `dead` or `cancelled`.",
+    ("fail", "attempts_remaining"): "Attempts left after this one (0 when `dead` or `cancelled`).",
+    ("heartbeat", "jobs"): "job_id → `{status, budget_exceeded}`; `status` is `ok` (lease extended), `cancel` "
+                           "(cancel requested; lease not extended) or `lost` (not yours any more). "
+                           "`budget_exceeded` is always `false` in this version.",
+    ("get_job", "job"): "**Not wrapped**: the `ok` map *is* the job record (see \"The job record\").",
+    ("cancel_job", "state"): "`cancelled`, or `active` when the job is running (it is told on its next heartbeat).",
+    ("cancel_job", "cancel_requested"): "`true` when the job was active and cancellation is pending.",
+    ("retry_job", "state"): "`pending`.",
+    ("list_queues", "queues"): "List of `{name, paused, scheduled, pending, active, completed, retrying, dead, "
+                               "cancelled, held}` (counts per state), in queue-name byte order.",
+    ("cluster_status", "node_id"): "This node's id (`--node-id`, default `n1`).",
+    ("cluster_status", "role"): "`leader`, `follower`, `candidate`, or `unknown` when the raft actor has not "
+                                "reported for 2 s.",
+    ("cluster_status", "leader"): "The leader's raft address (`host:port`), or nil.",
+    ("cluster_status", "term"): "Raft term.",
+    ("cluster_status", "commit_index"): "Raft commit index (as of the raft actor's last report, ≤ 0.2 s old).",
+    ("cluster_status", "applied_index"): "Last raft index applied on this node (same freshness).",
+    ("cluster_status", "durable"): "`true` when started with `--durable` (`false` until the raft actor has reported).",
+    ("cluster_status", "actors"): "List of `{name, pid, restarts, alive}`: raft, admission, gateway, lifecycle, "
+                                  "supervisor.",
+    ("tick", "promoted"): "Scheduled/retrying jobs moved to `pending`.",
+    ("tick", "reclaimed"): "Active jobs whose lease expired.",
+    ("tick", "expired"): "Not-running jobs moved to `dead` by their TTL.",
+}
+
+#: Extra `ok` fields the code sends that OPS does not list.
+OK_EXTRA = {
+    "cluster_status": (
+        ("raft_bind", "This node's raft address."),
+        ("peers", "The other voters' raft addresses (`--peers`)."),
+        ("gateway", "`{pending, parked_fetches, requests, invalid, timeouts}` counters of this gateway."),
+        ("warning", "Present only when the raft actor has not reported for 2 s."),
+    ),
+}
+
+#: Registry texts that say less (or other) than the code does. Each fix applies only
+#: while the registry still has the old text, so a fix made in ops.py wins at once.
+DOC_FIXES = {
+    ("retry_job", ""): ("Run a dead, cancelled, retrying or scheduled job again now.",
+                        "Run a dead, cancelled, completed, retrying or scheduled job again now."),
+    ("enqueue", "expire_after_ms"): (
+        "A job not started within this long goes `dead` (reason `expired`).",
+        "Time to live from enqueue: when it passes, a job that is not running or finished goes `dead` "
+        "(`last_error` `expired`), and a running attempt that fails is not retried."),
+    ("enqueue", "hold"): ("Enqueue in state `held` (needs an approval to run).",
+                          "Enqueue in state `held`. This version has no op that releases a held job."),
+    ("heartbeat", "jobs.<job_id>.attempt"): (
+        "Lease token: the `attempt` fetch returned. A mismatch is `lease_lost`.",
+        "Lease token: the `attempt` fetch returned. A mismatch answers `lost` for this job."),
+}
+
+#: Limits that ops.py checks in code (its _EXTRA_CHECKS) rather than in the Arg rows.
+EXTRA_BOUNDS = {
+    ("enqueue_batch", "jobs"): f"1 … {opsdef.Limits().batch_jobs_max} items; payloads ≤ "
+                               f"{opsdef.Limits().batch_bytes_max} bytes in all",
+    ("heartbeat", "jobs"): "≤ 1000 entries; keys are job ids",
+    ("enqueue", "payload"): "encoded size ≤ the payload cap",
+    ("ack", "result"): "encoded size ≤ the payload cap",
+    ("enqueue", "run_at"): "within 10 years of the gateway's clock",
+}
+
+
+def fixed_doc(op_name: str, path: str, doc: str) -> str:
+    fix = DOC_FIXES.get((op_name, path))
+    return fix[1] if fix and fix[0] == doc else doc
+
+
+KIND_NAMES = {
+    "str": "str", "int": "int", "float": "float (int accepted)", "bool": "bool", "any": "any",
+    "queue": "str (queue name)", "queues": "list of str (queue names)", "id": "str (id)",
+    "str_map": "map str → str", "map": "map", "list": "list", "struct": "map",
+}
+
+PATH_NAMES = {
+    "write": "write: committed through raft",
+    "read": "read: answered from this node's LMDB",
+    "local": "local: answered by the gateway",
+    "internal": "internal: proposed by jobbie itself; clients get `INVALID_ARGUMENT`/`unknown_op`",
+}
+
+
+# ------------------------------------------------------------------ formatting
+
+def cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def human_ms(n) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return ""
+
+
+def number(n, arg_name: str = "") -> str:
+    if n == opsdef.INT64_MAX:
+        return "2^63−1"
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)
+        if n >= 1_000_000 and n % 1_000_000 == 0:
+            return f"{n // 1_000_000}e6" if n < 1_000_000_000 else f"{n // 1_000_000_000}e9"
+    text = str(n)
+    if arg_name.endswith("_ms") or arg_name == "iteration_timeout":
+        hint = human_ms(n) if isinstance(n, int) else ""
+        if hint and hint != f"{n} ms":
+            text += f" ({hint})"
+    return text
+
+
+def default_text(arg) -> str:
+    if arg.default is None:
+        return ""
+    if isinstance(arg.default, bool):
+        return "`true`" if arg.default else "`false`"
+    if isinstance(arg.default, str):
+        return f'`"{arg.default}"`'
+    text = number(arg.default, arg.name)
+    if " (" in text:
+        value, hint = text.split(" (", 1)
+        return f"`{value}` ({hint}"
+    return f"`{text}`"
+
+
+def bounds_text(arg) -> str:
+    parts = []
+    if arg.kind == "queue":
+        parts.append("1-128 chars: ASCII letters, digits, `._:-`; first a letter or digit")
+    elif arg.kind == "queues":
+        parts.append("1-64 queue names (repeats dropped)")
+    elif arg.kind == "id":
+        parts.append("1-128 printable ASCII chars, no spaces")
+    elif arg.kind == "str_map":
+        parts.append("≤ 32 entries; keys 1-64 chars, values ≤ 256 chars")
+    elif arg.kind == "any":
+        parts.append(f"nesting ≤ {opsdef.DEPTH_MAX}")
+    if arg.low is not None or arg.high is not None:
+        parts.append(f"{number(arg.low, arg.name)} … {number(arg.high, arg.name)}")
+    if arg.length_max is not None:
+        parts.append(f"≤ {arg.length_max} chars")
+    if arg.choices:
+        parts.append(", ".join(f"`{c}`" for c in arg.choices))
+    return "; ".join(parts)
+
+
+def arg_rows(args, prefix: str = "", op_name: str = "") -> list[str]:
+    rows = []
+    for arg in args:
+        name = prefix + arg.name
+        doc = fixed_doc(op_name, name, arg.doc)
+        if op_name == "enqueue_batch" and name == "jobs":
+            doc += " Each item takes the `enqueue` args except `request_id`."
+        bounds = "; ".join(b for b in (bounds_text(arg), EXTRA_BOUNDS.get((op_name, name), "")) if b)
+        rows.append(f"| `{name}` | {KIND_NAMES.get(arg.kind, arg.kind)} | {'yes' if arg.required else ''} | "
+                    f"{default_text(arg)} | {cell(bounds)} | {cell(doc)} |")
+        if arg.kind == "struct":
+            rows.extend(arg_rows(arg.fields, prefix=name + ".", op_name=op_name))
+        if op_name == "heartbeat" and name == "jobs":
+            entry = getattr(opsdef, "_HEARTBEAT_JOB", None)
+            if entry:
+                rows.extend(arg_rows(entry, prefix="jobs.<job_id>.", op_name=op_name))
+    return rows
+
+
+def op_section(op) -> str:
+    doc = fixed_doc(op.name, "", op.doc)
+    out = [f"### `{op.name}`", "", f"{doc} *({PATH_NAMES.get(op.path, op.path)})*", ""]
+    if op.args:
+        out += ["| arg | type | required | default | bounds / choices | meaning |",
+                "|---|---|---|---|---|---|"]
+        out += arg_rows(op.args, op_name=op.name)
+    else:
+        out.append("No args (send `{}` or leave `args` out).")
+    out.append("")
+    ok_rows = [(f, OK_FIELD_DOCS.get((op.name, f), "")) for f in op.ok] + list(OK_EXTRA.get(op.name, ()))
+    if ok_rows:
+        out += ["| `ok` field | meaning |", "|---|---|"]
+        out += [f"| `{f}` | {cell(doc)} |" for f, doc in ok_rows]
+    else:
+        out.append("`ok` is an empty map `{}`.")
+    if op.errors:
+        out += ["", "Errors named by the registry: " + ", ".join(f"`{e}`" for e in op.errors) + "."]
+    return "\n".join(out)
+
+
+def op_summary() -> str:
+    out = ["| op | path | what it does | `request_id` |", "|---|---|---|---|"]
+    for op in opsdef.OPS.values():
+        rid = "yes" if "request_id" in op.arg_names else ""
+        out.append(f"| [`{op.name}`](#{op.name}) | {op.path} | {cell(fixed_doc(op.name, '', op.doc))} | {rid} |")
+    return "\n".join(out)
+
+
+def limits() -> str:
+    lim = opsdef.Limits()
+    rows = [
+        ("Frame size (ZeroMQ `MAXMSGSIZE` on the client socket)", f"{FRAME_BYTES_MAX} bytes (8 MiB)",
+         "larger frames are dropped by ZeroMQ and the connection is reset; no reply"),
+        ("Encoded `payload` of one job (and `ack` `result`)", f"{lim.payload_bytes_max} bytes (1 MiB) by default",
+         "`jobbie server --payload-max-bytes N`"),
+        ("Jobs in one `enqueue_batch`", str(lim.batch_jobs_max), "fixed"),
+        ("Encoded payload bytes of one `enqueue_batch`", f"{lim.batch_bytes_max} bytes (4 MiB)", "fixed"),
+        ("Entries in one `heartbeat`", "1000", "fixed"),
+        ("Nesting of free values (`payload`, `result`, `checkpoint`, `progress`, ...)",
+         f"{opsdef.DEPTH_MAX} levels", "fixed"),
+        ("How long a `request_id` is remembered", f"{DEDUPE_TTL_MS} ms ({human_ms(DEDUPE_TTL_MS)})",
+         "replicated rule, same on every node"),
+        ("Error records kept per job", str(ERRORS_KEPT), "older attempts' records are dropped"),
+    ]
+    out = ["| limit | value | set by / notes |", "|---|---|---|"]
+    out += [f"| {cell(a)} | {cell(b)} | {cell(c)} |" for a, b, c in rows]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ states
+
+def state_name(s) -> str:
+    return "(new job)" if s is None else f"`{s}`"
+
+
+def states_table() -> str:
+    out = ["| state | terminal | moves to |", "|---|---|---|"]
+    for s in st.STATES:
+        targets = [dst for (src, dst) in st.TRANSITIONS if src == s]
+        out.append(f"| `{s}` | {'yes' if s in st.TERMINAL else ''} | "
+                   f"{', '.join(f'`{t}`' for t in targets) or '—'} |")
+    return "\n".join(out)
+
+
+def transitions_table() -> str:
+    out = ["| from | to | events |", "|---|---|---|"]
+    for (src, dst), events in st.TRANSITIONS.items():
+        out.append(f"| {state_name(src)} | `{dst}` | {cell('; '.join(events))} |")
+    return "\n".join(out)
+
+
+def diagram() -> str:
+    out = ["```mermaid", "stateDiagram-v2"]
+    for (src, dst), events in st.TRANSITIONS.items():
+        # Keep mermaid labels free of `:` and `;`, which its parser treats specially.
+        label = " · ".join(events).replace(":", " -").replace(";", ",")
+        out.append(f"    {'[*]' if src is None else src} --> {dst} : {label}")
+    out.append("```")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ rewriting
+
+def protocol_sections() -> dict:
+    sections = {"op-summary": op_summary(), "limits": limits()}
+    for name, op in opsdef.OPS.items():
+        sections[f"op:{name}"] = op_section(op)
+    return sections
+
+
+def states_sections() -> dict:
+    return {"states": states_table(), "transitions": transitions_table(), "diagram": diagram()}
+
+
+def rewrite(text: str, sections: dict, path: str, problems: list) -> str:
+    """Replace every marked section's body; note unknown, unclosed and missing sections."""
+    lines = text.split("\n")
+    out, seen, i = [], [], 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        m = BEGIN.match(line.strip())
+        i += 1
+        if not m:
+            continue
+        name = m.group(1)
+        end = END.format(name)
+        j = i
+        while j < len(lines) and lines[j].strip() != end:
+            j += 1
+        if j == len(lines):
+            problems.append(f"{path}: section {name} has no closing line {end}")
+            continue
+        seen.append(name)
+        if name in sections:
+            out.extend(sections[name].split("\n"))
+        else:
+            problems.append(f"{path}: section {name} is not known to the generator (remove it?)")
+            out.extend(lines[i:j])
+        out.append(lines[j])
+        i = j + 1
+    missing = [name for name in sections if name not in seen]
+    if missing:
+        # New ops get their section appended after the last op section (or at the end).
+        problems.append(f"{path}: sections missing from the file: {', '.join(missing)}")
+        block = []
+        for name in missing:
+            block += ["", f"<!-- generated:{name} -->", *sections[name].split("\n"), END.format(name)]
+        last = max((k for k, l in enumerate(out) if l.startswith("<!-- /generated:op:")), default=len(out) - 1)
+        out[last + 1:last + 1] = block
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated section is stale")
+    args = parser.parse_args(argv)
+    stale, all_problems = [], []
+    for path, sections in ((PROTOCOL, protocol_sections()), (STATES, states_sections())):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        problems: list = []
+        new = rewrite(old, sections, os.path.relpath(path), problems)
+        for p in problems:
+            print(p, file=sys.stderr)
+        all_problems += problems
+        if new != old or any("not known" in p or "no closing" in p for p in problems):
+            stale.append(os.path.relpath(path))
+            if not args.check and new != old:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(new)
+    broken = any("not known" in p or "no closing" in p for p in all_problems)
+    if args.check:
+        if stale:
+            print("stale generated sections in: " + ", ".join(stale) + " (run python docs/generate.py)",
+                  file=sys.stderr)
+            return 1
+        return 0
+    for path in stale:
+        print(f"rewrote {path}")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
