@@ -1,0 +1,250 @@
+"""The real `jobbie` command line, run as a subprocess against a live node.
+
+Every run is bounded by `timeout=`; JSON output is parsed, text output is
+checked for its shape (one line per error on stderr, no traceback, aligned
+tables).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jobbie.transport.errors import NotFound
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+CLI = [sys.executable, "-m", "jobbie.cli.main"]
+
+
+def jobbie(*args, server: str | None = None, env: dict | None = None, timeout: float = 30.0):
+    """Run `jobbie ARGS...`; JOBBIE_SERVER comes only from `env` (never from the test's environment)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "JOBBIE_SERVER"}
+    full_env.update(env or {})
+    cmd = [*CLI, *map(str, args)]
+    if server is not None:
+        cmd += ["--server", server]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                          stdin=subprocess.DEVNULL)
+
+
+def ok_json(proc) -> dict:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def assert_one_line_error(proc, prefix: str):
+    assert proc.returncode != 0, f"expected a failure, got exit 0: {proc.stdout}"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr, got {lines!r}"
+    assert lines[0].startswith(prefix), lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stdout == ""
+
+
+# ------------------------------------------------------------------ job commands
+def test_enqueue_inspect_and_queues_as_json(node):
+    # When a job is enqueued through the CLI with a priority
+    enq = ok_json(jobbie("enqueue", "emails", '{"a":1}', "--priority", "high", "--output", "json",
+                         server=node.endpoint))
+    # Then the JSON answer names the job and its state
+    assert enq["state"] == "pending" and enq["job_id"].startswith("job_") and enq["unique_existing"] is False
+    # And inspect shows the job as stored
+    job = ok_json(jobbie("inspect", enq["job_id"], "--output", "json", server=node.endpoint))
+    assert job["id"] == enq["job_id"] and job["queue"] == "emails" and job["state"] == "pending"
+    assert job["priority"] == "high" and job["payload"] == {"a": 1} and job["errors"] == []
+    # And the queue is listed with one pending job
+    queues = ok_json(jobbie("queues", "--output", "json", server=node.endpoint))["queues"]
+    (row,) = queues
+    assert row["name"] == "emails" and row["pending"] == 1 and row["paused"] is False
+
+
+def test_server_from_environment_variable(node, client):
+    # Given JOBBIE_SERVER instead of --server
+    env = {"JOBBIE_SERVER": node.endpoint}
+    enq = ok_json(jobbie("enqueue", "env-q", '{"b": [1, 2]}', "--output", "json", env=env))
+    # Then the command reached that node
+    assert client.get_job(enq["job_id"])["payload"] == {"b": [1, 2]}
+    text = jobbie("inspect", enq["job_id"], env=env)
+    assert text.returncode == 0 and enq["job_id"] in text.stdout and "env-q" in text.stdout
+
+
+def test_pause_and_resume(node, client):
+    client.enqueue("reports", {"n": 1})
+    # When the queue is paused through the CLI
+    proc = jobbie("pause", "reports", server=node.endpoint)
+    assert proc.returncode == 0 and proc.stdout.strip() == "paused reports", proc
+    # Then the node reports it paused and hands out nothing from it
+    assert client.queues()[0]["paused"] is True
+    assert client.fetch("reports", "w1") == []
+    # When it is resumed
+    proc = jobbie("resume", "reports", "--output", "json", server=node.endpoint)
+    assert ok_json(proc) == {}
+    # Then jobs flow again
+    assert client.queues()[0]["paused"] is False
+    assert len(client.fetch("reports", "w1")) == 1
+
+
+def test_cancel_retry_and_delete(node, client):
+    # cancel: a pending job is cancelled at once
+    pending = client.enqueue("work", {"n": 1})
+    cancelled = ok_json(jobbie("cancel", pending, "--output", "json", server=node.endpoint))
+    assert cancelled["state"] == "cancelled"
+    assert client.get_job(pending)["state"] == "cancelled"
+    # retry: a job made dead through the client (no retries, fetched, failed) runs again
+    doomed = client.enqueue("work", {"n": 2}, max_retries=0)
+    (job,) = client.fetch("work", "w1")
+    assert job["job_id"] == doomed
+    assert client.fail(doomed, "boom", attempt=job["attempt"])["state"] == "dead"
+    assert client.get_job(doomed)["state"] == "dead"
+    retried = ok_json(jobbie("retry", doomed, "--output", "json", server=node.endpoint))
+    assert retried["state"] == "pending"
+    assert client.get_job(doomed)["state"] == "pending"
+    # retry in text form on the cancelled job
+    proc = jobbie("retry", pending, server=node.endpoint)
+    assert proc.returncode == 0 and proc.stdout.strip() == "pending", proc
+    # delete: the job is gone
+    proc = jobbie("delete", doomed, server=node.endpoint)
+    assert proc.returncode == 0 and proc.stdout.strip() == "deleted", proc
+    with pytest.raises(NotFound):
+        client.get_job(doomed)
+    # retrying a pending job is refused with one line
+    assert_one_line_error(jobbie("retry", pending, server=node.endpoint), "jobbie: FAILED_PRECONDITION")
+
+
+def test_status_json_and_text(node):
+    status = ok_json(jobbie("status", "--output", "json", server=node.endpoint))
+    assert status["role"] == "leader" and status["durable"] is False
+    names = {a["name"] for a in status["actors"]}
+    assert {"raft", "admission", "gateway", "lifecycle"} <= names
+    assert all(a["alive"] and a["restarts"] == 0 for a in status["actors"])
+    text = jobbie("status", server=node.endpoint)
+    assert text.returncode == 0 and "leader" in text.stdout and "durable=false" in text.stdout
+    assert "ACTOR" in text.stdout and "gateway" in text.stdout
+
+
+def test_queues_text_is_an_aligned_table(node, client):
+    client.enqueue("a-rather-long-queue-name", 1)
+    client.enqueue("q2", 2)
+    client.enqueue("q2", 3)
+    proc = jobbie("queues", server=node.endpoint)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.rstrip("\n").splitlines()
+    assert lines[0].split()[0] == "QUEUE" and "PENDING" in lines[0]
+    assert len(lines) == 3
+    assert any(line.split()[0] == "a-rather-long-queue-name" for line in lines[1:])
+    # Every row's cells start where the header's columns start (no cell holds a space)
+    columns = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    for line in lines[1:]:
+        assert [m.start() for m in re.finditer(r"\S+", line)] == columns, proc.stdout
+    q2 = next(line.split() for line in lines[1:] if line.split()[0] == "q2")
+    header = lines[0].split()
+    assert q2[header.index("PENDING")] == "2" and q2[header.index("STATUS")] == "active"
+
+
+# ------------------------------------------------------------------------ errors
+def test_inspect_missing_job_is_one_line_not_found(node):
+    proc = jobbie("inspect", "job_doesnotexist", server=node.endpoint)
+    assert_one_line_error(proc, "jobbie: NOT_FOUND")
+
+
+def test_invalid_json_payload_is_one_line(node, client):
+    proc = jobbie("enqueue", "emails", "{bad", server=node.endpoint)
+    assert_one_line_error(proc, "jobbie: ")
+    assert "payload" in proc.stderr and "JSON" in proc.stderr
+    assert client.queues() == []
+
+
+def test_server_refusal_is_one_line_naming_the_field(node, client):
+    proc = jobbie("enqueue", "bad queue name", "1", server=node.endpoint)
+    assert_one_line_error(proc, "jobbie: INVALID_ARGUMENT")
+    assert "field queue" in proc.stderr
+    proc = jobbie("enqueue", "emails", "1", "--priority", "urgent", server=node.endpoint)
+    assert_one_line_error(proc, "jobbie: INVALID_ARGUMENT")
+    assert "field priority" in proc.stderr
+    assert client.queues() == []
+
+
+def test_bad_output_option_is_one_line(node):
+    proc = jobbie("queues", "--output", "yaml", server=node.endpoint)
+    assert_one_line_error(proc, "jobbie: ")
+    assert "--output" in proc.stderr
+
+
+def test_server_not_running_is_one_line_unavailable_and_bounded():
+    # Given an endpoint nothing listens on
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = jobbie("queues", server=endpoint, timeout=40.0)
+    elapsed = time.monotonic() - started
+    # Then the command gives up within ~15 s with one UNAVAILABLE line
+    assert_one_line_error(proc, "jobbie: UNAVAILABLE")
+    assert endpoint in proc.stderr
+    assert elapsed < 16.0, f"took {elapsed:.1f}s"
+
+
+# -------------------------------------------------------------------------- help
+def server_help() -> str:
+    proc = jobbie("server", "--help", timeout=30.0)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_server_help_explains_durable_and_data_dir():
+    text = server_help()
+    assert "--durable" in text
+    assert re.search(r"--data[-_]dir", text)
+    # fast (default) vs durable: what each survives
+    lowered = text.lower()
+    assert "fast" in lowered and "fsync" in lowered and "power loss" in lowered
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "`jobbie server --help` (python-fire) prints the flag as --data_dir; PROTOCOL.md and the docs "
+    "spell it --data-dir (both spellings are accepted, only the help text differs)"))
+def test_server_help_uses_the_documented_flag_spelling():
+    text = server_help()
+    assert "--data-dir" in text
+
+
+# ------------------------------------------------------- payload parsing (known bugs)
+@pytest.mark.xfail(strict=False, reason=(
+    "python-fire parses the PAYLOAD argument as a Python literal before cli/main.py sees it: "
+    "JSON true/false/null inside an object or list become the strings 'true'/'false'/'null'"))
+def test_json_literals_in_payload_are_kept(node, client):
+    enq = ok_json(jobbie("enqueue", "q", '{"a": true, "b": null, "c": false, "d": [true]}', "--output", "json",
+                         server=node.endpoint))
+    assert client.get_job(enq["job_id"])["payload"] == {"a": True, "b": None, "c": False, "d": [True]}
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "python-fire strips the quotes of a JSON string payload ('\"hello\"' arrives as hello, then "
+    "json.loads fails; '\"1\"' arrives as the int 1)"))
+def test_json_string_payload(node, client):
+    enq = ok_json(jobbie("enqueue", "q", '"hello"', "--output", "json", server=node.endpoint))
+    assert client.get_job(enq["job_id"])["payload"] == "hello"
+    enq = ok_json(jobbie("enqueue", "q", '"1"', "--output", "json", server=node.endpoint))
+    assert client.get_job(enq["job_id"])["payload"] == "1"
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "`jobbie enqueue QUEUE` (payload default null) fails with INVALID_ARGUMENT 'payload is required': "
+    "cli/main.py _run and Client.call drop every None arg, so a null payload is never sent"))
+def test_enqueue_without_payload_sends_null(node, client):
+    enq = ok_json(jobbie("enqueue", "q", "--output", "json", server=node.endpoint))
+    assert client.get_job(enq["job_id"])["payload"] is None
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "python-fire turns a number-like QUEUE argument into a number before str(): "
+    "`jobbie enqueue 1e3 ...` enqueues into queue '1000.0', `1_000` into '1000'"))
+def test_number_like_queue_name_is_kept(node, client):
+    enq = ok_json(jobbie("enqueue", "1e3", "1", "--output", "json", server=node.endpoint))
+    assert client.get_job(enq["job_id"])["queue"] == "1e3"
