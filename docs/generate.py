@@ -44,7 +44,7 @@ OK_FIELD_DOCS = {
     ("fetch", "jobs"): "Leased jobs, best first: maps `{job_id, queue, payload, attempt, max_retries, lease_ms, "
                        "checkpoint, tags, agent}`. Empty list when nothing was found within `wait_ms`.",
     ("ack", "state"): "`completed`.",
-    ("fail", "state"): "`retrying` (backoff > 0), `pending` (backoff 0), `dead` or `cancelled` (cancel was requested).",
+    ("fail", "state"): "`retrying` (attempts left; with backoff 0 it is promoted to `pending` by the next lifecycle tick), `dead`, or `cancelled` (cancel was requested).",
     ("fail", "next_attempt_at"): "When the job may run again (ms since epoch); nil when `dead` or `cancelled`.",
     ("fail", "attempts_remaining"): "Attempts left after this one (0 when `dead` or `cancelled`).",
     ("heartbeat", "jobs"): "job_id → `{status, budget_exceeded}`; `status` is `ok` (lease extended), `cancel` "
@@ -83,19 +83,7 @@ OK_EXTRA = {
 
 #: Registry texts that say less (or other) than the code does. Each fix applies only
 #: while the registry still has the old text, so a fix made in ops.py wins at once.
-DOC_FIXES = {
-    ("retry_job", ""): ("Run a dead, cancelled, retrying or scheduled job again now.",
-                        "Run a dead, cancelled, completed, retrying or scheduled job again now."),
-    ("enqueue", "expire_after_ms"): (
-        "A job not started within this long goes `dead` (reason `expired`).",
-        "Time to live from enqueue: when it passes, a job that is not running or finished goes `dead` "
-        "(`last_error` `expired`), and a running attempt that fails is not retried."),
-    ("enqueue", "hold"): ("Enqueue in state `held` (needs an approval to run).",
-                          "Enqueue in state `held`. This version has no op that releases a held job."),
-    ("heartbeat", "jobs.<job_id>.attempt"): (
-        "Lease token: the `attempt` fetch returned. A mismatch is `lease_lost`.",
-        "Lease token: the `attempt` fetch returned. A mismatch answers `lost` for this job."),
-}
+DOC_FIXES = {}
 
 #: Limits that ops.py checks in code (its _EXTRA_CHECKS) rather than in the Arg rows.
 EXTRA_BOUNDS = {

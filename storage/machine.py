@@ -173,9 +173,11 @@ class Apply:
         if job.get("expire_at") is not None:
             self.txn.delete(K.time_key(job["expire_at"], job["id"]), db=self.db["expiry"])
 
-    def release_unique(self, job):
-        if job.get("unique_key") is None or job.get("unique_period_ms") is not None:
-            return  # a period lock outlives the job on purpose
+    def release_unique(self, job, deleting: bool = False):
+        if job.get("unique_key") is None:
+            return
+        if job.get("unique_period_ms") is not None and not deleting:
+            return  # a period lock outlives the job on purpose, but not its deletion
         ukey = K.unique_key(job["queue"], job["unique_key"])
         lock = self.get("unique", ukey)
         if lock is not None and lock[0] == job["id"]:
@@ -234,12 +236,12 @@ class Apply:
         if lock is None:
             return None
         holder, until = lock
+        job = self.job(holder)
+        if job is None:
+            return None
         if until is not None:
             return holder if until > self.now else None
-        job = self.job(holder)
-        if job is None or job["state"] in TERMINAL:
-            return None
-        return holder
+        return None if job["state"] in TERMINAL else holder
 
     def create_job(self, job_id: str, args: dict, batch_id: str | None = None) -> dict:
         now = self.now
@@ -378,6 +380,8 @@ def handle_ack(a: Apply, args: dict, ids: list) -> dict:
             return _ok(state=COMPLETED)  # the same ack again: same answer
         return refusal
     job["result"] = args.get("result")
+    if "trace" in args:
+        job["trace"] = args["trace"]
     if "checkpoint" in args:
         job["checkpoint"] = args["checkpoint"]
     a.record_usage(job, args.get("usage"))
@@ -416,8 +420,7 @@ def _after_failed_attempt(a: Apply, job, event: str):
     else:
         delay = backoff_ms(job.get("backoff"), job["attempt"])
         if event == "lease expired":
-            delay = 0
-        if delay == 0:
+            # Reclaimed leases go straight back to pending (the worker vanished; no backoff).
             job["run_at"] = a.now
             a.move(job, PENDING, event)
             next_at = a.now
@@ -482,6 +485,13 @@ def handle_retry_job(a: Apply, args: dict, ids: list) -> dict:
     if job["state"] not in (DEAD, CANCELLED, COMPLETED, RETRYING, SCHEDULED):
         return error_result("FAILED_PRECONDITION", f"job {job['id']} is {job['state']}; only dead, cancelled, "
                             "completed, retrying or scheduled jobs can be retried", "job_id", "wrong_state")
+    if job["state"] in TERMINAL and job.get("unique_key") is not None and job.get("unique_period_ms") is None:
+        holder = a.unique_holder(job["queue"], job["unique_key"])
+        if holder is not None and holder != job["id"]:
+            return error_result("FAILED_PRECONDITION", f"job {holder} now holds unique key "
+                                f"{job['unique_key']!r} on queue {job['queue']}; retrying {job['id']} would make "
+                                "a duplicate", "job_id", "unique_conflict")
+        a.put("unique", K.unique_key(job["queue"], job["unique_key"]), [job["id"], None])
     if job["state"] in TERMINAL:
         job["attempt"] = 0
         job["cancel_requested"] = False
@@ -502,7 +512,7 @@ def handle_delete_job(a: Apply, args: dict, ids: list) -> dict:
     a.unindex(job)
     a.count(job["queue"], job["state"], -1)
     a.drop_expiry(job)
-    a.release_unique(job)
+    a.release_unique(job, deleting=True)
     if job["state"] not in TERMINAL:
         a.finish_batch_member(job, succeeded=False)
     cur = a.txn.cursor(db=a.db["errors"])

@@ -1,7 +1,8 @@
 """The only place that calls msgpack.
 
-Decoding is strict: str keys only, no ext types, no trailing bytes, bounded
-sizes. Anything else is a `DecodeError` that keeps the cause, and the gateway
+Decoding is strict: map keys must be str or bin (msgpack's strict_map_key;
+the op validator then accepts only str keys where it reads a map), no ext
+types, no trailing bytes, no invalid UTF-8, bounded nesting. Anything else is a `DecodeError` that keeps the cause, and the gateway
 answers it with INVALID_ARGUMENT instead of crashing.
 """
 from __future__ import annotations
@@ -35,8 +36,8 @@ def decode(data: bytes):
     try:
         return msgpack.unpackb(
             data, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True)
-    except DecodeError:
-        raise
+    except DecodeError as exc:
+        raise DecodeError(str(exc), data, exc.cause) from exc
     except msgpack.ExtraData as exc:
         raise DecodeError("frame has bytes after the msgpack value", data, exc) from exc
     except UnicodeDecodeError as exc:

@@ -74,7 +74,8 @@ class Op:
 
 
 REQUEST_ID = Arg("request_id", "id", "Idempotency key: a retry with the same value returns the first outcome.")
-ATTEMPT = Arg("attempt", "int", "Lease token: the `attempt` fetch returned. A mismatch is `lease_lost`.", low=1, high=10_000)
+ATTEMPT = Arg("attempt", "int", "Lease token: the `attempt` fetch returned. A mismatch is refused "
+              "(`lease_lost`; heartbeat answers status `lost`).", low=1, high=10_000)
 JOB_ID = Arg("job_id", "id", "The job's id.", required=True)
 
 USAGE = Arg("usage", "struct", "Token usage and cost of this attempt.", fields=(
@@ -106,11 +107,14 @@ ENQUEUE_ARGS = (
     BACKOFF,
     Arg("run_at", "int", "Do not run before this time (ms since epoch). Excludes `delay_ms`.", low=0, high=INT64_MAX),
     Arg("delay_ms", "int", "Do not run before now + this. Excludes `run_at`.", low=0, high=YEAR_MS),
-    Arg("expire_after_ms", "int", "A job not started within this long goes `dead` (reason `expired`).", low=1, high=YEAR_MS),
+    Arg("expire_after_ms", "int", "TTL: a job still waiting (pending, scheduled, retrying, held) this long after "
+        "enqueue goes `dead` with last_error `expired`; an attempt that fails after it is not retried.",
+        low=1, high=YEAR_MS),
     Arg("unique_key", "str", "At most one live job per (queue, key); a duplicate returns the existing job.", length_max=256),
     Arg("unique_period_ms", "int", "Keep the unique key for this long (default: until the job finishes).", low=1, high=YEAR_MS),
     Arg("tags", "str_map", "String map, at most 32 entries, keys ≤ 64 and values ≤ 256 chars."),
-    Arg("hold", "bool", "Enqueue in state `held` (needs an approval to run).", default=False),
+    Arg("hold", "bool", "Enqueue in state `held`: not handed out; approve/reject ops come with the AI issue, "
+        "until then it leaves `held` by cancel_job, delete_job or its TTL.", default=False),
     Arg("hold_reason", "str", "Why the job is held.", length_max=4096),
     AGENT,
 )
@@ -141,6 +145,7 @@ _op("fetch", "write", "Lease up to `count` of the best pending jobs of the given
     Arg("count", "int", "Jobs to lease at most.", default=1, low=1, high=1000),
     Arg("wait_ms", "int", "Long-poll: wait up to this long for a job (0: answer at once).", default=0, low=0, high=600_000),
     Arg("lease_ms", "int", "Lease length; extended by heartbeat.", default=30_000, low=1000, high=12 * 3_600_000),
+    REQUEST_ID,
 ), ok=("jobs",))
 _op("ack", "write", "Complete an active job.", (
     JOB_ID, ATTEMPT,
@@ -148,7 +153,9 @@ _op("ack", "write", "Complete an active job.", (
     USAGE,
     Arg("checkpoint", "any"),
     Arg("agent_status", "str", "Only `done` is supported in this version.", choices=("done",)),
-    Arg("trace", "any"),
+    Arg("hold_reason", "str", "With agent_status `hold` (not supported in this version).", length_max=4096),
+    Arg("hold_payload", "any", "With agent_status `hold` (not supported in this version)."),
+    Arg("trace", "any", "Stored with the job (`trace`)."),
     REQUEST_ID,
 ), ok=("state",), errors=("NOT_FOUND", "FAILED_PRECONDITION/lease_lost"))
 _op("fail", "write", "Fail the current attempt: retry with backoff, or `dead` when attempts are spent or the job expired.", (
@@ -162,11 +169,13 @@ _op("fail", "write", "Fail the current attempt: retry with backoff, or `dead` wh
 _op("heartbeat", "write", "Extend leases and store progress; answers per job ok, cancel or lost.", (
     Arg("worker_id", "id", required=True),
     Arg("jobs", "map", "job_id → {progress, checkpoint, usage, attempt}; at most 1000.", required=True),
+    REQUEST_ID,
 ), ok=("jobs",))
-_op("get_job", "read", "The job record.", (JOB_ID,), ok=("job",))
+_op("get_job", "read", "The job record: every field of the job model, `errors` per attempt among them.", (JOB_ID,),
+    ok=("job",))
 _op("cancel_job", "write", "Cancel a job; an active job is told on its next heartbeat.", (JOB_ID, REQUEST_ID),
     ok=("state", "cancel_requested"))
-_op("retry_job", "write", "Run a dead, cancelled, retrying or scheduled job again now.", (JOB_ID, REQUEST_ID), ok=("state",))
+_op("retry_job", "write", "Run a dead, cancelled, completed, retrying or scheduled job again now.", (JOB_ID, REQUEST_ID), ok=("state",))
 _op("delete_job", "write", "Remove a job and its indexes.", (JOB_ID, REQUEST_ID), ok=())
 _op("pause_queue", "write", "Stop handing out jobs of a queue.", (Arg("queue", "queue", required=True), REQUEST_ID), ok=())
 _op("resume_queue", "write", "Hand out jobs of a queue again.", (Arg("queue", "queue", required=True), REQUEST_ID), ok=())
@@ -254,6 +263,8 @@ def _check_value(arg: Arg, value, field: str):
         if len(value) > 32:
             _bad(f"{field} has more than 32 entries", field, "too_large")
         for k, v in value.items():
+            if type(k) is not str:
+                _bad(f"{field} keys must be strings, got {_type_name(k)}", field, "wrong_type")
             if type(v) is not str:
                 _bad(f"{field}.{k} must be a string, got {_type_name(v)}", f"{field}.{k}", "wrong_type")
             if not 1 <= len(k) <= 64 or len(v) > 256:
@@ -377,7 +388,7 @@ def _check_heartbeat(args, limits, frame_bytes, now_ms):
         _bad("jobs holds more than 1000 entries", "jobs", "too_large")
     clean = {}
     for job_id, entry in jobs.items():
-        if not PRINTABLE_ID.match(job_id):
+        if type(job_id) is not str or not PRINTABLE_ID.match(job_id):
             _bad("jobs keys must be job ids (1-128 printable ASCII)", "jobs", "invalid_name")
         if entry is None:
             entry = {}
@@ -395,9 +406,17 @@ def _check_ack(args, limits, frame_bytes, now_ms):
                                   field="result", reason="too_large")
 
 
+def _check_ack_hold(args, limits, frame_bytes, now_ms):
+    _check_ack(args, limits, frame_bytes, now_ms)
+    for name in ("hold_reason", "hold_payload"):
+        if name in args:
+            _bad(f"{name} goes with agent_status hold, which this version does not support yet", name,
+                 "unsupported")
+
+
 _EXTRA_CHECKS = {
     "enqueue": _check_enqueue,
     "enqueue_batch": _check_enqueue_batch,
     "heartbeat": _check_heartbeat,
-    "ack": _check_ack,
+    "ack": _check_ack_hold,
 }

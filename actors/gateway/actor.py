@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
+import lmdb
 import zmq
 
 from jobbie.storage import reads
@@ -29,7 +30,7 @@ log = logging.getLogger("jobbie.gateway")
 
 
 class LmdbReader:
-    """Read-only point reads; opens the store once the raft actor has created it."""
+    """Read-only point reads; opens the store once the raft actor has created it, and afresh after an error."""
 
     def __init__(self, path: str):
         self.path = path
@@ -42,13 +43,21 @@ class LmdbReader:
             self.store = Store(self.path, readonly=True)
         return self.store.begin()
 
+    def _read(self, fn, *args):
+        try:
+            with self._txn() as txn:
+                return fn(txn, self.store.dbs, *args)
+        except lmdb.Error as exc:
+            if self.store is not None:
+                self.store.close()
+            self.store = None
+            raise Unavailable(f"the store cannot be read right now ({exc}); retry", reason="store_unavailable")
+
     def get_job(self, job_id):
-        with self._txn() as txn:
-            return reads.get_job(txn, self.store.dbs, job_id)
+        return self._read(reads.get_job, job_id)
 
     def list_queues(self):
-        with self._txn() as txn:
-            return reads.list_queues(txn, self.store.dbs)
+        return self._read(reads.list_queues)
 
 
 class GatewayActor(ShellActor):
@@ -56,7 +65,8 @@ class GatewayActor(ShellActor):
         super().__init__()
         self.core = GatewayCore(
             config.node_id, time.time_ns() & 0x7FFFFFFFFFFF, IdGenerator(), LmdbReader(config.lmdb_path),
-            opsdef.Limits(payload_bytes_max=config.payload_bytes_max), config.write_timeout_ms / 1000.0)
+            opsdef.Limits(payload_bytes_max=config.payload_bytes_max), config.write_timeout_ms / 1000.0,
+            durable=config.durable)
 
     def handle(self, inbox) -> list:
         if inbox == "in_flight":

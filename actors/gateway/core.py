@@ -47,8 +47,9 @@ class Pending:
 
 class GatewayCore:
     def __init__(self, node_id: str, incarnation: int, ids, reader, limits: opsdef.Limits = opsdef.Limits(),
-                 write_timeout_s: float = 5.0):
+                 write_timeout_s: float = 5.0, durable: bool = False):
         self.node_id = node_id
+        self.durable = durable
         self.incarnation = incarnation
         self.ids = ids
         self.reader = reader
@@ -122,6 +123,11 @@ class GatewayCore:
         except JobbieError as exc:
             self.stats["invalid"] += 1
             self.reply_error(ident, envelope, req_id, exc)
+            return
+        except Exception as exc:  # a validator bug must not take the gateway down
+            log.exception("request %s could not be validated", req_id)
+            self.reply(ident, envelope, req_id, "err", {"code": "INTERNAL", "reason": "gateway_error",
+                                                         "message": f"{type(exc).__name__}: {exc}"})
             return
         client = client or ident.hex()
         try:
@@ -268,7 +274,7 @@ class GatewayCore:
             "term": raft.get("term", 0),
             "commit_index": raft.get("commit_index", 0),
             "applied_index": raft.get("applied_index", 0),
-            "durable": raft.get("durable", False),
+            "durable": raft.get("durable", self.durable),
             "raft_bind": raft.get("raft_bind"),
             "peers": raft.get("peers", []),
             "actors": self.actors,
