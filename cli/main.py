@@ -6,6 +6,7 @@ Errors print one line on stderr and exit non-zero.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -49,6 +50,7 @@ class Cli:
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay_ms: int = None,
                 max_retries: int = None, unique_key: str = None, tags: str = None, server: str = None,
                 output: str = "text"):
+        # (str parameters reach us verbatim: see protect_strings)
         """Add a job. PAYLOAD is JSON, e.g. jobbie enqueue emails '{"to": "a@b.c"}'.
 
         Args:
@@ -121,7 +123,7 @@ def _fail(message: str, code: int = 1):
 def _run(server, output, op, args, to_text):
     if output not in ("text", "json"):
         _fail(f"--output must be text or json, not {output!r}", 2)
-    args = {k: v for k, v in args.items() if v is not None}
+    args = {k: v for k, v in args.items() if v is not None or k == "payload"}
     with Client(server, timeout=5.0, retry_for=10.0) as client:
         try:
             result = client.call(op, **args)
@@ -140,10 +142,53 @@ def _json_default(value):
     return str(value)
 
 
-def main():
+def protect_strings(argv: list[str]) -> list[str]:
+    """Quote the values of str parameters so fire passes them through untouched.
+
+    fire reads every argument as a Python literal: `{"a": true}` would lose its
+    JSON meaning and a queue named `1e3` would become 1000.0. A str parameter's
+    value is handed over as a Python string literal instead; our code parses
+    JSON itself.
+    """
+    if not argv or argv[0].startswith("-") or not hasattr(Cli, argv[0].replace("-", "_")):
+        return argv
+    params = inspect.signature(getattr(Cli, argv[0].replace("-", "_"))).parameters
+    names = [n for n in params if n != "self"]
+    is_str = {n: params[n].annotation in (str, "str") for n in names}
+    out, positional, i = [argv[0]], 0, 1
+    flagged = set()
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            key = name.replace("-", "_")
+            flagged.add(key)
+            if eq:
+                out.append(f"--{name}={repr(value)}" if is_str.get(key) else arg)
+            elif is_str.get(key) and i + 1 < len(argv):
+                out.extend([arg, repr(argv[i + 1])])
+                i += 1
+            else:
+                out.append(arg)
+        elif arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit():
+            out.append(arg)
+        else:
+            free = [n for n in names if n not in flagged]
+            name = free[positional] if positional < len(free) else None
+            positional += 1
+            out.append(repr(arg) if name and is_str.get(name) else arg)
+        i += 1
+    return out
+
+
+def main(argv=None):
     # fire prints return values; commands print themselves and return None.
     os.environ.setdefault("PAGER", "cat")
-    fire.Fire(Cli(), name="jobbie")
+    argv = sys.argv[1:] if argv is None else argv
+    fire.Fire(Cli(), command=protect_strings(list(argv)), name="jobbie")
 
 
 if __name__ == "__main__":

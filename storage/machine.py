@@ -295,6 +295,7 @@ def handle_enqueue(a: Apply, args: dict, ids: list) -> dict:
 def handle_enqueue_batch(a: Apply, args: dict, ids: list) -> dict:
     jobs = args["jobs"]
     batch = args.get("batch")
+    check(len(ids) == len(jobs) + (2 if batch else 0), "enqueue_batch carries the wrong number of ids")
     batch_id = ids[len(jobs)] if batch else None
     job_ids, created = [], 0
     for job_args, job_id in zip(jobs, ids):
@@ -338,22 +339,28 @@ def handle_fetch(a: Apply, args: dict, ids: list) -> dict:
         check(job is not None and job["state"] == PENDING, "pending index points at a job that is not pending")
         has_next = cur.next() and cur.key().startswith(best[2])
         next_rank = K.parse_pending(cur.key()) if has_next else None
+        if has_next:
+            best[0] = next_rank
+        else:
+            heads.remove(best)
+        if job.get("expire_at") is not None and job["expire_at"] <= a.now:
+            # Past its TTL but not yet swept by a tick: never hand it out.
+            job["last_error"] = "expired"
+            job["failed_at"] = a.now
+            a.move(job, DEAD, "tick: expired")
+            a.save_job(job)
+            continue
         job["attempt"] += 1
         job["worker_id"] = worker_id
         job["hostname"] = args.get("hostname")
         job["lease_ms"] = lease_ms
         job["lease_expires_at"] = a.now + lease_ms
         job["started_at"] = a.now
-        job["cancel_requested"] = False
         a.move(job, ACTIVE, "fetch")
         a.save_job(job)
         out.append({"job_id": job["id"], "queue": job["queue"], "payload": job["payload"],
                     "attempt": job["attempt"], "max_retries": job["max_retries"], "lease_ms": lease_ms,
                     "checkpoint": job["checkpoint"], "tags": job["tags"], "agent": job["agent"]})
-        if has_next:
-            best[0] = next_rank
-        else:
-            heads.remove(best)
     a.put("workers", worker_id.encode(), {"worker_id": worker_id, "hostname": args.get("hostname"),
                                           "last_seen_at": a.now})
     return _ok(jobs=out)
@@ -499,8 +506,8 @@ def handle_retry_job(a: Apply, args: dict, ids: list) -> dict:
             job["expire_at"] = None  # a manual retry outlives the original TTL
         elif job.get("expire_at") is not None:
             a.txn.put(K.time_key(job["expire_at"], job["id"]), b"", db=a.db["expiry"])
+    a.move(job, PENDING, "retry_job")  # unindexes by the old run_at
     job["run_at"] = a.now
-    a.move(job, PENDING, "retry_job")
     a.save_job(job)
     return _ok(state=PENDING)
 
@@ -625,9 +632,13 @@ def apply_batch(store, txn, raft_index: int, ops: list) -> tuple[list | None, Ch
     clock = K.read_u64(txn.get(b"clock", db=dbs["meta"]) or K.u64(0))
     results = []
     for op in ops:
-        now = op.get("now") or 0
-        if type(now) is int and now > clock:
-            clock = now
+        now = op.get("now", 0) if isinstance(op, dict) else 0
+        if now is None:
+            now = 0  # evaluated at the state clock
+        if type(now) is not int or not 0 <= now < 2**63:
+            results.append(error_result("INTERNAL", "op carries an invalid `now` stamp", "now", "apply_failed"))
+            continue
+        clock = max(clock, now)
         results.append(_apply_one(store.env, txn, dbs, clock, op, changes))
     txn.put(b"clock", K.u64(clock), db=dbs["meta"])
     txn.put(b"applied_index", K.u64(raft_index), db=dbs["meta"])
@@ -635,23 +646,26 @@ def apply_batch(store, txn, raft_index: int, ops: list) -> tuple[list | None, Ch
 
 
 def _apply_one(env, txn, dbs, now: int, op: dict, changes: Changes) -> dict:
-    name = op.get("op")
-    args = op.get("args") or {}
-    handler = HANDLERS.get(name)
-    if handler is None:
-        return error_result("INVALID_ARGUMENT", f"unknown op {name!r}", "op", "unknown_op")
-    request_id = args.get("request_id")
-    if request_id is not None:
-        seen = txn.get(request_id.encode(), db=dbs["dedupe"])
-        if seen is not None:
-            first_op, first_print, first_result, _ = decode_trusted(seen)
-            if first_op == name and first_print == fingerprint(name, args):
-                return first_result
-            return error_result("FAILED_PRECONDITION", f"request_id {request_id} was already used for a "
-                                "different request", "request_id", "request_id_reused")
     child = env.begin(write=True, parent=txn)
     op_changes = Changes()
+    name = None
     try:
+        name = op["op"]
+        args = op.get("args") or {}
+        handler = HANDLERS.get(name)
+        if handler is None:
+            child.abort()
+            return error_result("INVALID_ARGUMENT", f"unknown op {str(name)[:64]!r}", "op", "unknown_op")
+        request_id = args.get("request_id")
+        if request_id is not None:
+            seen = child.get(request_id.encode(), db=dbs["dedupe"])
+            if seen is not None:
+                child.abort()
+                first_op, first_print, first_result, _ = decode_trusted(seen)
+                if first_op == name and first_print == fingerprint(name, args):
+                    return first_result
+                return error_result("FAILED_PRECONDITION", f"request_id {request_id} was already used for a "
+                                    "different request", "request_id", "request_id_reused")
         result = handler(Apply(child, dbs, now, op_changes), args, op.get("ids") or [])
         if "err" in result:
             child.abort()
@@ -663,11 +677,11 @@ def _apply_one(env, txn, dbs, now: int, op: dict, changes: Changes) -> dict:
     except lmdb.Error:
         child.abort()
         raise
-    except (InvariantViolation, Exception) as exc:  # a bug: refuse this op, keep the batch
+    except Exception as exc:  # a bug or a malformed op: refuse this op, keep the batch
         child.abort()
-        log.exception("op %s failed inside apply; refused with INTERNAL", name)
-        return error_result("INTERNAL", f"{name} failed inside the state machine: {type(exc).__name__}: {exc}",
-                            reason="apply_failed")
+        log.exception("op %r failed inside apply; refused with INTERNAL", name)
+        return error_result("INTERNAL", f"{str(name)[:64]} failed inside the state machine: "
+                            f"{type(exc).__name__}: {exc}", reason="apply_failed")
     for queue, n in op_changes.woken.items():
         changes.wake(queue, n)
     changes.jobs.extend(op_changes.jobs)

@@ -31,6 +31,10 @@ DEFAULT_SERVER = "tcp://127.0.0.1:7700"
 _NO_AUTO_REQUEST_ID = frozenset({"fetch", "heartbeat"})
 
 
+def _given(options: dict) -> dict:
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def server_endpoint(server: str | None = None) -> str:
     return server or os.environ.get("JOBBIE_SERVER") or DEFAULT_SERVER
 
@@ -127,7 +131,6 @@ class Client:
         Raises:
             JobbieError: the server's answer (typed by code), or Unavailable after `retry_for`.
         """
-        args = {k: v for k, v in args.items() if v is not None}
         spec = OPS.get(op)
         if spec is not None and spec.path == "write" and op not in _NO_AUTO_REQUEST_ID:
             args.setdefault("request_id", uuid.uuid4().hex)
@@ -152,23 +155,25 @@ class Client:
             pause = min(pause * 2, 1.0)
 
     # ---------------------------------------------------------- conveniences
+    # `call` sends what it is given (a nil payload is a payload); these drop
+    # the options left unset, so the server applies its defaults.
     def enqueue(self, queue: str, payload, **options) -> str:
-        return self.call("enqueue", queue=queue, payload=payload, **options)["job_id"]
+        return self.call("enqueue", queue=queue, payload=payload, **_given(options))["job_id"]
 
     def enqueue_batch(self, jobs: list, batch: dict | None = None, **options) -> dict:
-        return self.call("enqueue_batch", jobs=jobs, batch=batch, **options)
+        return self.call("enqueue_batch", jobs=jobs, **_given(dict(options, batch=batch)))
 
     def fetch(self, queues, worker_id: str, count: int = 1, wait_ms: int = 0, lease_ms: int = 30_000,
               hostname: str | None = None) -> list:
         queues = [queues] if isinstance(queues, str) else list(queues)
         return self.call("fetch", queues=queues, worker_id=worker_id, count=count, wait_ms=wait_ms,
-                         lease_ms=lease_ms, hostname=hostname)["jobs"]
+                         lease_ms=lease_ms, **_given({"hostname": hostname}))["jobs"]
 
     def ack(self, job_id: str, attempt: int | None = None, result=None, **options) -> dict:
-        return self.call("ack", job_id=job_id, attempt=attempt, result=result, **options)
+        return self.call("ack", job_id=job_id, result=result, **_given(dict(options, attempt=attempt)))
 
     def fail(self, job_id: str, error: str, attempt: int | None = None, **options) -> dict:
-        return self.call("fail", job_id=job_id, error=error, attempt=attempt, **options)
+        return self.call("fail", job_id=job_id, error=error, **_given(dict(options, attempt=attempt)))
 
     def heartbeat(self, worker_id: str, jobs: dict) -> dict:
         return self.call("heartbeat", worker_id=worker_id, jobs=jobs)["jobs"]

@@ -18,6 +18,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from msgpack import Timestamp
+
 from .errors import InvalidArgument
 
 INT64_MAX = 2**63 - 1
@@ -197,7 +199,11 @@ def _bad(message, field, reason):
 
 
 def check_depth(value, field, depth_max=DEPTH_MAX):
-    """Reject values nested deeper than `depth_max`, without recursion."""
+    """Reject values nested deeper than `depth_max`, and msgpack timestamps, without recursion.
+
+    msgpack-python decodes the timestamp extension (-1) by itself, past the
+    codec's ext_hook, so it is refused here: jobbie values are plain msgpack.
+    """
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -205,14 +211,17 @@ def check_depth(value, field, depth_max=DEPTH_MAX):
             _bad(f"{field} nests deeper than {depth_max} levels", field, "too_deep")
         if isinstance(node, dict):
             stack.extend((v, depth + 1) for v in node.values())
+            stack.extend((k, depth + 1) for k in node if type(k) is not str)
         elif isinstance(node, list):
             stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, Timestamp):
+            _bad(f"{field} holds a msgpack timestamp extension; send times as integer ms", field, "wrong_type")
 
 
 def _check_value(arg: Arg, value, field: str):
     kind = arg.kind
     if kind == "any":
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list, Timestamp)):
             check_depth(value, field)
         return value
     if kind in ("str", "queue", "id"):

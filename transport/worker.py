@@ -31,7 +31,6 @@ import socket
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 
 from .client import Client
 from .errors import JobbieError
@@ -111,7 +110,7 @@ class Worker:
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(concurrency)
         self._stopping = threading.Event()
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="jobbie-job")
+        self._finished = threading.Event()
         self.completed = 0
         self.failed = 0
 
@@ -156,7 +155,10 @@ class Worker:
                 job = Job(data)
                 with self._lock:
                     self.in_flight[job.id] = job
-                self._pool.submit(self._run_job, job)
+                # Daemon threads: a handler stuck in blocking code cannot keep the
+                # process alive after the drain has handed its job back.
+                threading.Thread(target=self._run_job, args=(job,), name=f"jobbie-job-{job.id}",
+                                 daemon=True).start()
 
     def _run_job(self, job: Job):
         try:
@@ -196,10 +198,10 @@ class Worker:
 
     # -------------------------------------------------------------- heartbeats
     def _heartbeat_loop(self):
-        while not self._stopping.wait(self.heartbeat_s) or self.in_flight:
+        # Keeps beating through a drain (leases must not expire while jobs finish),
+        # once per interval, until the drain is over.
+        while not self._finished.wait(self.heartbeat_s):
             self._heartbeat_once()
-            if self._stopping.is_set() and not self.in_flight:
-                break
 
     def _heartbeat_once(self):
         with self._lock:
@@ -237,4 +239,4 @@ class Worker:
                 except JobbieError as exc:
                     log.warning("job %s: could not hand it back: %s", job.id, exc)
                 job.lost = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._finished.set()

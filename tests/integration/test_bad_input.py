@@ -350,10 +350,7 @@ assert len({c.name for c in ALL_CASES}) == len(ALL_CASES), "duplicate case names
 
 # ------------------------------------------------------------------------ tests
 #: Cases that expose a known bug (kept, expected to fail until it is fixed). None of them changes state.
-KNOWN_BUGS = {
-    "duplicate-key": "codec.decode does not detect duplicate map keys (msgpack keeps the last one silently); "
-                     "RELIABILITY.md d3 #19 says refuse. The request is answered as if the key appeared once.",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params(cases):
@@ -454,11 +451,8 @@ def test_dealer_with_explicit_empty_delimiter(shared, raw):
     state["sent"] += 1
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "codec.decode accepts msgpack Timestamp (ext type -1): msgpack-python decodes it to a Timestamp "
-    "object itself and never calls ext_hook, so the job is stored (RELIABILITY.md d3 #20 says refuse)"))
 def test_timestamp_ext_is_refused(node):
-    # Runs on its own node: while the bug stands, the frame creates a job.
+    # Runs on its own node, so a regression (the frame creating a job) cannot spoil the shared snapshot.
     sock = RawSocket(node.endpoint)
     try:
         before = node.client().queues()

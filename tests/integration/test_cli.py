@@ -206,27 +206,13 @@ def test_server_help_explains_durable_and_data_dir():
     assert "fast" in lowered and "fsync" in lowered and "power loss" in lowered
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "`jobbie server --help` (python-fire) prints the flag as --data_dir; PROTOCOL.md and the docs "
-    "spell it --data-dir (both spellings are accepted, only the help text differs)"))
-def test_server_help_uses_the_documented_flag_spelling():
-    text = server_help()
-    assert "--data-dir" in text
-
-
-# ------------------------------------------------------- payload parsing (known bugs)
-@pytest.mark.xfail(strict=False, reason=(
-    "python-fire parses the PAYLOAD argument as a Python literal before cli/main.py sees it: "
-    "JSON true/false/null inside an object or list become the strings 'true'/'false'/'null'"))
+# ------------------------------------------------------- payload parsing
 def test_json_literals_in_payload_are_kept(node, client):
     enq = ok_json(jobbie("enqueue", "q", '{"a": true, "b": null, "c": false, "d": [true]}', "--output", "json",
                          server=node.endpoint))
     assert client.get_job(enq["job_id"])["payload"] == {"a": True, "b": None, "c": False, "d": [True]}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "python-fire strips the quotes of a JSON string payload ('\"hello\"' arrives as hello, then "
-    "json.loads fails; '\"1\"' arrives as the int 1)"))
 def test_json_string_payload(node, client):
     enq = ok_json(jobbie("enqueue", "q", '"hello"', "--output", "json", server=node.endpoint))
     assert client.get_job(enq["job_id"])["payload"] == "hello"
@@ -234,17 +220,11 @@ def test_json_string_payload(node, client):
     assert client.get_job(enq["job_id"])["payload"] == "1"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "`jobbie enqueue QUEUE` (payload default null) fails with INVALID_ARGUMENT 'payload is required': "
-    "cli/main.py _run and Client.call drop every None arg, so a null payload is never sent"))
 def test_enqueue_without_payload_sends_null(node, client):
     enq = ok_json(jobbie("enqueue", "q", "--output", "json", server=node.endpoint))
     assert client.get_job(enq["job_id"])["payload"] is None
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "python-fire turns a number-like QUEUE argument into a number before str(): "
-    "`jobbie enqueue 1e3 ...` enqueues into queue '1000.0', `1_000` into '1000'"))
 def test_number_like_queue_name_is_kept(node, client):
     enq = ok_json(jobbie("enqueue", "1e3", "1", "--output", "json", server=node.endpoint))
     assert client.get_job(enq["job_id"])["queue"] == "1e3"

@@ -241,21 +241,11 @@ def test_sigterm_drains_a_cooperative_worker(node, client, tmp_path):
     run_sigterm_drain(node, client, tmp_path, "cooperative")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "a handler that blocks (time.sleep(30)) without calling job.check() keeps the worker process "
-    "alive after the drain: Worker._drain fails the job back and calls ThreadPoolExecutor.shutdown("
-    "wait=False), but the executor's threads are non-daemon and joined at interpreter exit, so the "
-    "process only exits when the handler returns (~30 s), not after drain_timeout"))
 def test_sigterm_drains_a_worker_with_a_blocking_handler(node, client, tmp_path):
     # The slow handler sleeps 30 s in one call (the brief's case).
     run_sigterm_drain(node, client, tmp_path, "blocking")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "Worker._heartbeat_loop spins during a drain: `while not self._stopping.wait(hb) or self.in_flight` "
-    "no longer waits once _stopping is set, so while a job is in flight it sends heartbeats back to back "
-    "(hundreds per second instead of one per interval); after the drain marks jobs lost it busy-loops "
-    "at 100% CPU until the handler threads return"))
 def test_drain_keeps_the_heartbeat_interval(node, client):
     job_id = client.enqueue("drain-hb", {"x": 1})
     started = threading.Event()
