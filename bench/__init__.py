@@ -1,0 +1,1 @@
+"""jobbie's load benchmark (installed as `jobbie.bench`; `jobbie bench --help`)."""

@@ -1,0 +1,212 @@
+"""Runs scenarios, sweeps and repeats; reports medians as text, JSON lines and markdown."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+from jobbie.transport.client import Client
+
+from . import scenarios as S
+from .driver import run, run_groups
+from .servers import ceiling_server, jobbie_node
+
+
+def percentile(sorted_values, q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+def summarize(raw: dict) -> dict:
+    lat = raw["latencies"]
+    return {"ops_per_s": raw["units"] / raw["duration_s"], "requests": raw["requests"],
+            "p50_ms": percentile(lat, 0.50) * 1000, "p90_ms": percentile(lat, 0.90) * 1000,
+            "p99_ms": percentile(lat, 0.99) * 1000, "max_ms": (lat[-1] * 1000) if lat else float("nan"),
+            "errors": raw["errors"], "hung": raw["hung"]}
+
+
+def machine() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__), timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"commit": commit, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(terse=True)}
+
+
+def prefill(endpoint: str, jobs: int, queue: str = S.QUEUE):
+    with Client(endpoint, timeout=30, retry_for=60) as client:
+        batch = [{"queue": queue, "payload": {"data": "x" * 48}} for _ in range(1000)]
+        for _ in range(max(1, jobs // 1000)):
+            client.call("enqueue_batch", jobs=batch)
+
+
+class Bench:
+    def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress):
+        self.duration = duration
+        self.repeats = repeats
+        self.durable = durable
+        self.server = server
+        self.progress = progress
+        self.records: list[dict] = []
+        self.meta = machine()
+
+    def _node(self):
+        if self.server:
+            class External:
+                endpoint = self.server
+
+                def __enter__(s):
+                    return s
+
+                def __exit__(s, *exc):
+                    return None
+            return External()
+        return jobbie_node(durable=self.durable)
+
+    def record(self, scenario: str, concurrency: int, repeat: int, result: dict, **extra):
+        rec = {"scenario": scenario, "concurrency": concurrency, "repeat": repeat, **result, **extra,
+               "durable": self.durable, "duration_s": self.duration, **self.meta,
+               "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        self.records.append(rec)
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
+        ratio = f", {rec['ratio_to_ceiling']:.2f}x ceiling" if rec.get("ratio_to_ceiling") else ""
+        self.progress(f"{scenario:<10} c{concurrency:<4} run {repeat + 1}/{self.repeats}: "
+                      f"{result['ops_per_s']:>10,.0f}/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+                      f"  max {result['max_ms']:.1f} ms  ({errs}{ratio})")
+        return rec
+
+    def ceiling(self, concurrency: int, repeat: int) -> float:
+        with ceiling_server() as echo:
+            result = summarize(run(echo.endpoint, S.Unary(), concurrency, self.duration))
+        self.record("ceiling", concurrency, repeat, result)
+        return result["ops_per_s"]
+
+    def scenario(self, name: str, concurrency: int, repeat: int, ceiling: float | None = None,
+                 batch_size: int = 1000, work_ms: float = 0.0):
+        with self._node() as node:
+            if name == "unary":
+                workload = S.Unary()
+            elif name == "batch":
+                workload = S.Batch(batch_size)
+            elif name == "lifecycle":
+                prefill(node.endpoint, jobs=max(20_000, int(self.duration * 12_000)))
+                workload = S.Lifecycle(work_ms)
+            elif name == "mixed":
+                workload = S.Mixed(work_ms=work_ms)
+            else:
+                raise ValueError(f"unknown scenario {name!r}")
+            result = summarize(run(node.endpoint, workload, concurrency, self.duration))
+        extra = {}
+        if ceiling and name == "unary":
+            extra["ceiling_ops_per_s"] = ceiling
+            extra["ratio_to_ceiling"] = result["ops_per_s"] / ceiling
+        return self.record(name, concurrency, repeat, result, **extra)
+
+    def fairness(self, repeat: int, flood: int = 100):
+        with self._node() as node:
+            alone = summarize(run(node.endpoint, S.Unary(client_key="light", queue="light"), 1, self.duration))
+        with self._node() as node:
+            flooded, light = (summarize(r) for r in run_groups(
+                node.endpoint, [(S.Unary(client_key="flood", queue="flood"), flood),
+                                (S.Unary(client_key="light", queue="light"), 1)], self.duration))
+        ratio = light["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else float("nan")
+        self.record("fair-alone", 1, repeat, alone)
+        self.record("fair-flood", flood, repeat, flooded)
+        return self.record("fair-light", 1, repeat, light, p99_ratio_to_alone=ratio)
+
+
+def medians(records: list[dict]) -> list[dict]:
+    groups: dict[tuple, list] = {}
+    for r in records:
+        groups.setdefault((r["scenario"], r["concurrency"]), []).append(r)
+    out = []
+    for (scenario, concurrency), rs in groups.items():
+        row = {"scenario": scenario, "concurrency": concurrency, "runs": len(rs)}
+        for key in ("ops_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "ratio_to_ceiling", "p99_ratio_to_alone"):
+            values = [r[key] for r in rs if r.get(key) is not None]
+            if values:
+                row[key] = statistics.median(values)
+        errors: dict[str, int] = {}
+        for r in rs:
+            for code, n in r["errors"].items():
+                errors[code] = errors.get(code, 0) + n
+        row["errors"] = errors
+        row["error_share"] = sum(errors.values()) / max(1, sum(r["requests"] + sum(r["errors"].values())
+                                                              for r in rs))
+        row["hung"] = sum(r["hung"] for r in rs)
+        out.append(row)
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| scenario | clients | ops/s (median) | p50 ms | p90 ms | p99 ms | max ms | × ceiling | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        errs = ", ".join(f"{k} {v} ({r['error_share']:.1%})" for k, v in sorted(r["errors"].items())) or "none"
+        ratio = f"{r['ratio_to_ceiling']:.2f}" if r.get("ratio_to_ceiling") else ""
+        if r.get("p99_ratio_to_alone"):
+            ratio = f"p99 {r['p99_ratio_to_alone']:.2f}× alone"
+        lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.2f} | "
+                     f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {ratio} | {errs} |")
+    return "\n".join(lines)
+
+
+def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", duration: float = 5.0,
+         repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
+         server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
+         markdown_out: str | None = None):
+    """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
+
+    Args:
+      scenarios: Comma-separated: unary, batch, lifecycle, mixed, fairness.
+      concurrency: Comma-separated client counts to sweep, e.g. 10,50,100,200.
+      duration: Seconds per run.
+      repeats: Runs per (scenario, concurrency); the median is reported.
+      batch_size: Jobs per enqueue_batch frame (scenario batch).
+      work_ms: Simulated work between fetch and ack (lifecycle, mixed).
+      durable: Start the node with --durable.
+      server: Use this running node instead of starting a fresh one per run (results then accumulate state).
+      ceiling: Also measure the bare ZeroMQ ROUTER echo at each concurrency, for the ratio.
+      output: text or json (JSON lines of every run, then the medians).
+      json_out: Also append every run as JSON lines to this file.
+      markdown_out: Also write the median table (markdown) to this file.
+    """
+    names = [s.strip() for s in str(scenarios).split(",") if s.strip()]
+    levels = [int(c) for c in str(concurrency).split(",") if str(c).strip()]
+    quiet = output == "json"
+    bench = Bench(float(duration), int(repeats), bool(durable), server,
+                  progress=(lambda line: print(line, file=sys.stderr, flush=True)))
+    total = len(levels) * int(repeats)
+    for repeat in range(int(repeats)):
+        for c in levels:
+            roof = bench.ceiling(c, repeat) if ceiling and "unary" in names else None
+            for name in names:
+                if name == "fairness":
+                    if c == levels[0]:
+                        bench.fairness(repeat)
+                    continue
+                bench.scenario(name, c, repeat, roof, batch_size=batch_size, work_ms=work_ms)
+        bench.progress(f"-- repeat {repeat + 1}/{repeats} done ({(repeat + 1) * len(levels)}/{total} sweeps)")
+    rows = medians(bench.records)
+    if json_out:
+        with open(json_out, "a") as f:
+            for r in bench.records:
+                f.write(json.dumps(r) + "\n")
+    table = markdown(rows)
+    if markdown_out:
+        with open(markdown_out, "w") as f:
+            f.write(table + "\n")
+    if quiet:
+        for r in bench.records:
+            print(json.dumps(r))
+        print(json.dumps({"medians": rows, "machine": bench.meta}))
+    else:
+        print(table)

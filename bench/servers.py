@@ -1,0 +1,88 @@
+"""Servers the benchmark starts for itself: a jobbie node, and the ROUTER echo ceiling."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from jobbie.transport.client import Client
+from jobbie.transport.errors import JobbieError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Spawned:
+    """A server process in its own session, stopped by pid (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, argv: list[str], endpoint: str, cleanup_dir: str | None = None):
+        self.endpoint = endpoint
+        self.cleanup_dir = cleanup_dir
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.cleanup_dir:
+            shutil.rmtree(self.cleanup_dir, ignore_errors=True)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-2000:]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def jobbie_node(durable: bool = False, timeout: float = 30.0) -> Spawned:
+    data_dir = tempfile.mkdtemp(prefix="jobbie-bench-")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "jobbie.cli.main", "server", "--data-dir", os.path.join(data_dir, "node"),
+            "--bind", endpoint]
+    if durable:
+        argv.append("--durable")
+    node = Spawned(argv, endpoint, cleanup_dir=data_dir)
+    wait_ready(node, timeout)
+    return node
+
+
+def wait_ready(node: Spawned, timeout: float):
+    deadline = time.monotonic() + timeout
+    with Client(node.endpoint, timeout=0.5, retry_for=0) as probe:
+        while time.monotonic() < deadline:
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"jobbie server exited: {node.output()}")
+            try:
+                status = probe.call("cluster_status")
+                if status["role"] == "leader" and all(a["alive"] for a in status["actors"]):
+                    return
+            except JobbieError:
+                pass
+            time.sleep(0.05)
+    node.stop()
+    raise RuntimeError("jobbie server did not become ready in time")
+
+
+def ceiling_server() -> Spawned:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    server = Spawned([sys.executable, "-m", "jobbie.bench.ceiling", endpoint], endpoint)
+    time.sleep(0.3)
+    return server
