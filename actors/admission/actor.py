@@ -16,7 +16,7 @@ import time
 import zmq
 
 from jobbie.transport import codec
-from jobbie.transport.pump import Inbox, Pump, ShellActor, socket
+from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
 from ..raft.core import origin_socket
 from .core import AdmissionCore, AdmissionLimits
@@ -39,11 +39,24 @@ def assemble_entry(incarnation: int, n: int, ops: list[bytes]) -> bytes:
     return b"\x83" + head[1:] + codec.encode("ops") + array_header + b"".join(ops)
 
 
-class AdmissionActor(ShellActor):
-    def __init__(self, limits: AdmissionLimits):
-        super().__init__()
+class AdmissionActor(PumpActor):
+    inputs = ("in",)
+    tick_s = 0.5
+
+    def __init__(self, ctx, config, limits: AdmissionLimits):
+        super().__init__(ctx)
+        self.config = config
         self.core = AdmissionCore(limits)
         self.incarnation = time.time_ns() & 0x7FFFFFFFFFFF
+
+    def open_sockets(self, ctx):
+        cfg = self.config
+        return {
+            "in": socket(ctx, zmq.PULL, bind=cfg.endpoint("admission")),
+            "raft": socket(ctx, zmq.PUSH, connect=cfg.endpoint("raft")),
+            "gateway": socket(ctx, zmq.PUSH, connect=cfg.endpoint("gateway")),
+            "lifecycle": socket(ctx, zmq.PUSH, connect=cfg.endpoint("lifecycle")),
+        }
 
     def handle(self, inbox: Inbox) -> list:
         out = []
@@ -77,22 +90,6 @@ class AdmissionActor(ShellActor):
 
 
 def run(config) -> int:
-    ctx = zmq.Context()
     limits = AdmissionLimits(inflight_max=config.inflight_max,
                              inflight_per_client_max=min(config.inflight_per_client_max, config.inflight_max))
-    sockets = {
-        "in": socket(ctx, zmq.PULL, bind=config.endpoint("admission")),
-        "raft": socket(ctx, zmq.PUSH, connect=config.endpoint("raft")),
-        "gateway": socket(ctx, zmq.PUSH, connect=config.endpoint("gateway")),
-        "lifecycle": socket(ctx, zmq.PUSH, connect=config.endpoint("lifecycle")),
-    }
-    actor = AdmissionActor.start(limits)
-    pump = Pump(actor, sockets, inputs=["in"], tick_s=0.5)
-    pump.install_signal_handlers()
-    try:
-        pump.run()
-    finally:
-        actor.stop()
-        for s in sockets.values():
-            s.close()
-    return 0
+    return serve_process(AdmissionActor, zmq.Context(), config, limits)

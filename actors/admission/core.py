@@ -30,7 +30,7 @@ class AdmissionLimits:
     #: Ops waiting or in flight for one client (<= inflight_max).
     inflight_per_client_max: int = 10_000
     #: Raft entries proposed and not yet applied.
-    entries_in_flight_max: int = 2
+    entries_in_flight_max: int = 1
     #: Ops in one raft entry.
     entry_ops_max: int = 2000
     #: Encoded bytes in one raft entry (well below pysyncobj's append-entries batch).

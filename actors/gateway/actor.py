@@ -22,7 +22,7 @@ from jobbie.transport import codec, ops as opsdef
 from jobbie.transport.codec import FRAME_BYTES_MAX
 from jobbie.transport.errors import Unavailable
 from jobbie.transport.ids import IdGenerator
-from jobbie.transport.pump import Inbox, Pump, ShellActor, socket
+from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
 from .core import GatewayCore
 
@@ -60,22 +60,34 @@ class LmdbReader:
         return self._read(reads.list_queues)
 
 
-class GatewayActor(ShellActor):
-    def __init__(self, config):
-        super().__init__()
+class GatewayActor(PumpActor):
+    inputs = ("clients", "in", "status")
+    tick_s = 0.01
+
+    def __init__(self, ctx, config):
+        super().__init__(ctx)
+        self.config = config
         self.core = GatewayCore(
             config.node_id, time.time_ns() & 0x7FFFFFFFFFFF, IdGenerator(), LmdbReader(config.lmdb_path),
             opsdef.Limits(payload_bytes_max=config.payload_bytes_max), config.write_timeout_ms / 1000.0,
             durable=config.durable)
 
-    def handle(self, inbox) -> list:
-        if inbox == "in_flight":
-            return self.core.in_flight()
-        core = self.core
-        if inbox == "shutdown":
-            core.release_parked()
-            return [("clients", r) for r in core.take_outputs()[0]]
-        now = inbox.now
+    def open_sockets(self, ctx):
+        cfg = self.config
+        clients = socket(ctx, zmq.ROUTER, maxmsgsize=FRAME_BYTES_MAX)
+        clients.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        clients.bind(cfg.bind)
+        log.info("gateway %s serving %s", cfg.node_id, cfg.bind)
+        return {
+            "clients": clients,
+            "in": socket(ctx, zmq.PULL, bind=cfg.endpoint("gateway")),
+            "status": socket(ctx, zmq.SUB, subscribe=True,
+                             connect=[cfg.endpoint("raft-status"), cfg.endpoint("supervisor")]),
+            "admission": socket(ctx, zmq.PUSH, connect=cfg.endpoint("admission")),
+        }
+
+    def handle(self, inbox: Inbox) -> list:
+        core, now = self.core, inbox.now
         for name, frames in inbox.messages:
             if name == "clients":
                 core.on_request(frames, now)
@@ -85,36 +97,21 @@ class GatewayActor(ShellActor):
                 core.on_status(codec.decode_trusted(frames[0]), now)
         if inbox.tick:
             core.on_tick(now)
-        replies, ops = core.take_outputs()
+        return self.outputs()
+
+    def outputs(self) -> list:
+        replies, ops = self.core.take_outputs()
         out = [("clients", r) for r in replies]
         if ops:
             out.append(("admission", [codec.encode({"k": "ops", "items": ops})]))
         return out
 
+    def begin_stop(self) -> list:
+        # Stop taking requests; answer parked long-polls now and writes as their results come.
+        self.core.release_parked()
+        self.drain(["in"], done=lambda: self.core.in_flight() == 0, timeout_s=3.0)
+        return self.outputs()
+
 
 def run(config) -> int:
-    ctx = zmq.Context()
-    clients = socket(ctx, zmq.ROUTER, maxmsgsize=FRAME_BYTES_MAX)
-    clients.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    clients.bind(config.bind)
-    sockets = {
-        "clients": clients,
-        "in": socket(ctx, zmq.PULL, bind=config.endpoint("gateway")),
-        "status": socket(ctx, zmq.SUB, subscribe=True,
-                         connect=[config.endpoint("raft-status"), config.endpoint("supervisor")]),
-        "admission": socket(ctx, zmq.PUSH, connect=config.endpoint("admission")),
-    }
-    actor = GatewayActor.start(config)
-    pump = Pump(actor, sockets, inputs=["clients", "in", "status"], tick_s=0.01)
-    pump.install_signal_handlers()
-    log.info("gateway %s serving %s", config.node_id, config.bind)
-    try:
-        pump.run()
-        # Stop taking requests; answer the ones in flight.
-        pump.send(actor.ask("shutdown"))
-        pump.drain(["in"], done=lambda: actor.ask("in_flight") == 0, timeout_s=3.0)
-    finally:
-        actor.stop()
-        for s in sockets.values():
-            s.close()
-    return 0
+    return serve_process(GatewayActor, zmq.Context(), config)

@@ -15,19 +15,31 @@ from jobbie.storage import reads
 from jobbie.storage.env import Store, store_ready
 from jobbie.storage.machine import DEDUPE_TTL_MS
 from jobbie.transport import codec
-from jobbie.transport.pump import Inbox, Pump, ShellActor, socket
+from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
 from .core import LC, LifecycleCore
 
 log = logging.getLogger("jobbie.lifecycle")
 
 
-class LifecycleActor(ShellActor):
-    def __init__(self, config):
-        super().__init__()
+class LifecycleActor(PumpActor):
+    inputs = ("in", "status")
+
+    def __init__(self, ctx, config):
+        super().__init__(ctx)
+        self.config = config
+        self.tick_s = config.lifecycle_interval_ms / 1000.0
         self.core = LifecycleCore(time.time_ns() & 0x7FFFFFFFFFFF)
         self.path = config.lmdb_path
         self.store = None
+
+    def open_sockets(self, ctx):
+        cfg = self.config
+        return {
+            "in": socket(ctx, zmq.PULL, bind=cfg.endpoint("lifecycle")),
+            "status": socket(ctx, zmq.SUB, subscribe=True, connect=cfg.endpoint("raft-status")),
+            "admission": socket(ctx, zmq.PUSH, connect=cfg.endpoint("admission")),
+        }
 
     def earliest_deadline(self):
         try:
@@ -63,19 +75,4 @@ class LifecycleActor(ShellActor):
 
 
 def run(config) -> int:
-    ctx = zmq.Context()
-    sockets = {
-        "in": socket(ctx, zmq.PULL, bind=config.endpoint("lifecycle")),
-        "status": socket(ctx, zmq.SUB, subscribe=True, connect=config.endpoint("raft-status")),
-        "admission": socket(ctx, zmq.PUSH, connect=config.endpoint("admission")),
-    }
-    actor = LifecycleActor.start(config)
-    pump = Pump(actor, sockets, inputs=["in", "status"], tick_s=config.lifecycle_interval_ms / 1000.0)
-    pump.install_signal_handlers()
-    try:
-        pump.run()
-    finally:
-        actor.stop()
-        for s in sockets.values():
-            s.close()
-    return 0
+    return serve_process(LifecycleActor, zmq.Context(), config)

@@ -23,7 +23,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from jobbie.storage.env import Store
 from jobbie.storage.machine import apply_batch, applied_index
 from jobbie.transport import codec
-from jobbie.transport.pump import Inbox, Pump, ShellActor, socket
+from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
 from . import core
 
@@ -146,10 +146,26 @@ class JobbieRaft(SyncObj):
         }
 
 
-class RaftActor(ShellActor):
-    def __init__(self, raft: JobbieRaft):
-        super().__init__()
+class RaftActor(PumpActor):
+    inputs = ("in",)
+    tick_s = 0.2
+
+    def __init__(self, ctx, config, raft: JobbieRaft):
+        super().__init__(ctx)
+        self.config = config
         self.raft = raft
+
+    def open_sockets(self, ctx):
+        cfg = self.config
+        sockets = {
+            "in": socket(ctx, zmq.PULL, bind=cfg.endpoint("raft")),
+            "status": socket(ctx, zmq.PUB, bind=cfg.endpoint("raft-status"), hwm=100),
+            "admission": socket(ctx, zmq.PUSH, connect=cfg.endpoint("admission")),
+        }
+        # Tell admission a (new) raft process is here, so it frees the entries the
+        # previous one never answered instead of waiting for their time-out.
+        sockets["admission"].send(codec.encode({"k": "raft_hello"}))
+        return sockets
 
     def handle(self, inbox: Inbox) -> list:
         for _, frames in inbox.messages:
@@ -176,26 +192,10 @@ def run(config) -> int:
     store = Store(config.lmdb_path)
     raft = JobbieRaft(config, store, ctx)
     raft.waitBinded()
-    sockets = {
-        "in": socket(ctx, zmq.PULL, bind=config.endpoint("raft")),
-        "status": socket(ctx, zmq.PUB, bind=config.endpoint("raft-status"), hwm=100),
-    }
-    actor = RaftActor.start(raft)
-    pump = Pump(actor, sockets, inputs=["in"], tick_s=0.2)
-    # Tell admission a (new) raft process is here, so it frees the entries the
-    # previous one never answered instead of waiting for their time-out.
-    hello = socket(ctx, zmq.PUSH, connect=config.endpoint("admission"))
-    hello.send(codec.encode({"k": "raft_hello"}))
-    hello.close(linger=1000)
-    pump.install_signal_handlers()
     log.info("raft %s at %s, peers %s, applied index %d, durable %s", config.node_id, config.raft_bind,
              config.peers or "none", raft._applied, config.durable)
     try:
-        pump.run()
+        return serve_process(RaftActor, ctx, config, raft)
     finally:
-        actor.stop()
-        raft.destroy()
-        for s in sockets.values():
-            s.close()
+        raft.destroy_synchronous()
         store.close()
-    return 0
