@@ -26,7 +26,8 @@ class Cli:
     """
 
     def server(self, data_dir: str = "./jobbie-data", bind: str = "tcp://127.0.0.1:7700", durable: bool = False,
-               node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024):
+               node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024,
+               inflight_max: int = 50_000, inflight_per_client_max: int = 10_000):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Args:
@@ -38,13 +39,17 @@ class Cli:
           raft_bind: host:port for raft traffic (default: a free loopback port, remembered in the data dir).
           peers: Comma-separated host:port raft addresses of the other voters (empty: a single node).
           payload_max_bytes: Largest accepted job payload, encoded (default 1 MiB).
+          inflight_max: Requests admitted (waiting or being applied) at once for the whole node; more are
+            answered RESOURCE_EXHAUSTED with a retry_after_ms hint.
+          inflight_per_client_max: The same limit for one client (one connection, or one `client` key).
         """
         from jobbie.actors.config import NodeConfig
         from jobbie.actors.supervisor import run_server
 
         peer_list = [p.strip() for p in str(peers).split(",") if p.strip()] if peers else []
         config = NodeConfig(data_dir=str(data_dir), bind=bind, node_id=str(node_id), raft_bind=str(raft_bind),
-                            peers=peer_list, durable=_flag(durable), payload_bytes_max=int(payload_max_bytes))
+                            peers=peer_list, durable=_flag(durable), payload_bytes_max=int(payload_max_bytes),
+                            inflight_max=int(inflight_max), inflight_per_client_max=int(inflight_per_client_max))
         sys.exit(run_server(config))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay_ms: int = None,

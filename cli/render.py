@@ -64,5 +64,21 @@ def status(s):
             f"durable={'true' if s['durable'] else 'false'}")
     if s.get("warning"):
         head += f"\nwarning: {s['warning']}"
+    pipe = s.get("pipeline") or {}
+    lines = []
+    for label, key in (("queue wait", "queue_wait_ms"), ("apply", "apply_ms"), ("commit", "entry_commit_ms")):
+        h = pipe.get(key) or {}
+        if h.get("count"):
+            lines.append(f"{label:<11} p50 {h['p50']:.2f} ms  p90 {h['p90']:.2f} ms  p99 {h['p99']:.2f} ms  "
+                         f"max {h['max']:.2f} ms  ({h['count']} samples)")
+    ops = pipe.get("entry_ops") or {}
+    adm = pipe.get("admission") or {}
+    if ops.get("count"):
+        lines.append(f"ops/entry   p50 {ops['p50']:g}  p99 {ops['p99']:g}  max {ops['max']:g}")
+    if adm:
+        limits = adm.get("limits") or {}
+        lines.append(f"admission   {adm.get('in_flight', 0)} in flight (limit {limits.get('inflight_max', '?')}, "
+                     f"{limits.get('inflight_per_client_max', '?')} per client), {adm.get('rejected', 0)} refused")
     rows = [[a["name"], a["pid"] or "-", a["restarts"], "yes" if a["alive"] else "NO"] for a in s["actors"]]
-    return head + "\n" + table(rows, ["ACTOR", "PID", "RESTARTS", "ALIVE"])
+    middle = ("\n".join(lines) + "\n") if lines else ""
+    return head + "\n" + middle + table(rows, ["ACTOR", "PID", "RESTARTS", "ALIVE"])

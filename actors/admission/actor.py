@@ -66,7 +66,7 @@ class AdmissionActor(PumpActor):
             kind = msg.get("k")
             if kind == "ops":
                 for client, size, tag, op_bytes in msg["items"]:
-                    refusal = self.core.offer(client, size, tag, op_bytes)
+                    refusal = self.core.offer(client, size, tag, op_bytes, inbox.now)
                     if refusal is not None:
                         refusals.setdefault(origin_socket(tag[0]), []).append([tag, refusal])
             elif kind == "raft_hello":
@@ -79,6 +79,7 @@ class AdmissionActor(PumpActor):
             out.append((dest, [codec.encode({"k": "applied", "index": None, "items": items, "woken": {}})]))
         if inbox.tick:
             self.core.expire(inbox.now)
+            out.append(("gateway", [codec.encode({"k": "admission_status", **self.core.stats()})]))
         while True:
             batch = self.core.cut_batch(inbox.now)
             if batch is None:

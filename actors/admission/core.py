@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from jobbie.transport.metrics import Window
+
 
 @dataclass
 class AdmissionLimits:
@@ -41,13 +43,14 @@ class AdmissionLimits:
 
 
 class Waiting:
-    __slots__ = ("client", "size", "tag", "op_bytes")
+    __slots__ = ("client", "size", "tag", "op_bytes", "since")
 
-    def __init__(self, client, size, tag, op_bytes):
+    def __init__(self, client, size, tag, op_bytes, since):
         self.client = client
         self.size = size
         self.tag = tag
         self.op_bytes = op_bytes
+        self.since = since
 
 
 class AdmissionCore:
@@ -61,9 +64,12 @@ class AdmissionCore:
         self.applied_ops = 0
         self.rejected = 0
         self.apply_rate = 0.0  # ops/s, smoothed, for retry hints
+        self.queue_wait_ms = Window()  # per op: offered -> cut into an entry
+        self.entry_ops = Window(1024)  # ops per entry
+        self.entry_ms = Window(1024)  # per entry: sent to raft -> applied
 
     # ------------------------------------------------------------------ intake
-    def offer(self, client: str, size: int, tag, op_bytes: bytes):
+    def offer(self, client: str, size: int, tag, op_bytes: bytes, now: float = 0.0):
         """Queue one op, or return the refusal to answer it with."""
         lim = self.limits
         mine = self.per_client.get(client, 0)
@@ -78,7 +84,7 @@ class AdmissionCore:
         queue = self.queues.get(client)
         if queue is None:
             queue = self.queues[client] = deque()
-        queue.append(Waiting(client, size, tag, op_bytes))
+        queue.append(Waiting(client, size, tag, op_bytes, now))
         self.per_client[client] = mine + 1
         self.total += 1
         return None
@@ -101,6 +107,7 @@ class AdmissionCore:
             if ops and size + item.size > lim.entry_bytes_max:
                 break
             queue.popleft()
+            self.queue_wait_ms.record((now - item.since) * 1000)
             ops.append(item.op_bytes)
             tags.append(item.tag)
             size += item.size
@@ -112,6 +119,7 @@ class AdmissionCore:
         n = self.next_entry
         self.next_entry += 1
         self.in_flight[n] = (now, list(counts.items()))
+        self.entry_ops.record(len(ops))
         return n, ops, tags
 
     def on_applied(self, n: int, now: float):
@@ -120,6 +128,7 @@ class AdmissionCore:
             return
         sent_at, counts = entry
         done = self._release(counts)
+        self.entry_ms.record((now - sent_at) * 1000)
         elapsed = max(now - sent_at, 1e-4)
         self.apply_rate = 0.8 * self.apply_rate + 0.2 * (done / elapsed) if self.apply_rate else done / elapsed
         self.applied_ops += done
@@ -149,6 +158,12 @@ class AdmissionCore:
         return done
 
     def stats(self) -> dict:
-        return {"waiting": sum(len(q) for q in self.queues.values()), "total": self.total,
+        lim = self.limits
+        return {"waiting": sum(len(q) for q in self.queues.values()), "in_flight": self.total,
                 "entries_in_flight": len(self.in_flight), "clients": len(self.per_client),
-                "applied_ops": self.applied_ops, "rejected": self.rejected}
+                "applied_ops": self.applied_ops, "rejected": self.rejected,
+                "apply_rate_ops_per_s": round(self.apply_rate, 1),
+                "limits": {"inflight_max": lim.inflight_max, "inflight_per_client_max": lim.inflight_per_client_max,
+                           "entry_ops_max": lim.entry_ops_max, "entry_bytes_max": lim.entry_bytes_max},
+                "queue_wait_ms": self.queue_wait_ms.summary(), "entry_ops": self.entry_ops.summary(),
+                "entry_commit_ms": self.entry_ms.summary()}

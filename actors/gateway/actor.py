@@ -92,7 +92,11 @@ class GatewayActor(PumpActor):
             if name == "clients":
                 core.on_request(frames, now)
             elif name == "in":
-                core.on_applied(codec.decode_trusted(frames[0]), now)
+                msg = codec.decode_trusted(frames[0])
+                if msg.get("k") == "admission_status":
+                    core.on_status(msg, now)
+                else:
+                    core.on_applied(msg, now)
             elif name == "status":
                 core.on_status(codec.decode_trusted(frames[0]), now)
         if inbox.tick:

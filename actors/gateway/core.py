@@ -63,6 +63,7 @@ class GatewayCore:
         self.replies: list = []  # [ident, (b""), bytes]
         self.ops_out: list = []  # [client, size, tag, op bytes]
         self.raft_status: dict = {}
+        self.admission_status: dict = {}
         self.actors: list = []
         self.stats = {"requests": 0, "invalid": 0, "timeouts": 0}
 
@@ -263,6 +264,8 @@ class GatewayCore:
             self.raft_status = dict(msg, seen_at=now)
         elif msg.get("k") == "actors":
             self.actors = msg["actors"]
+        elif msg.get("k") == "admission_status":
+            self.admission_status = msg
 
     def cluster_status(self, now: float) -> dict:
         raft = self.raft_status
@@ -279,6 +282,14 @@ class GatewayCore:
             "peers": raft.get("peers", []),
             "actors": self.actors,
             "gateway": {"pending": len(self.pending), "parked_fetches": len(self.parked), **self.stats},
+            "pipeline": {
+                "queue_wait_ms": self.admission_status.get("queue_wait_ms"),
+                "apply_ms": raft.get("apply_ms"),
+                "entry_commit_ms": self.admission_status.get("entry_commit_ms"),
+                "entry_ops": self.admission_status.get("entry_ops"),
+                "admission": {k: v for k, v in self.admission_status.items()
+                              if k not in ("k", "queue_wait_ms", "entry_commit_ms", "entry_ops")},
+            },
         }
         if not fresh:
             out["warning"] = "no recent report from the raft actor (starting or restarting)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import lmdb
 import zmq
@@ -23,6 +24,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from jobbie.storage.env import Store
 from jobbie.storage.machine import apply_batch, applied_index
 from jobbie.transport import codec
+from jobbie.transport.metrics import Window
 from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
 from . import core
@@ -73,6 +75,7 @@ class JobbieRaft(SyncObj):
         self._ctx = ctx
         self._config = config
         self._local = threading.local()
+        self.apply_ms = Window(1024)  # per entry: the LMDB transaction of apply_entry
         with store.begin() as txn:
             self._applied = applied_index(txn, store.dbs)
         single = not config.peers
@@ -111,6 +114,7 @@ class JobbieRaft(SyncObj):
         except Exception:
             log.exception("entry %d is not a jobbie batch; skipped", index)
             entry = {"v": 1, "ops": []}
+        started = time.perf_counter()
         try:
             with self._store.begin(write=True) as txn:
                 results, changes = apply_batch(self._store, txn, index, entry["ops"])
@@ -119,6 +123,7 @@ class JobbieRaft(SyncObj):
                          exc_info=True)
             os._exit(EXIT_STORAGE_FAULT)
         self._applied = index
+        self.apply_ms.record((time.perf_counter() - started) * 1000)
         if self._config.durable:
             self._flush_journal()
         self._send(core.route(entry, index, results, changes))
@@ -143,6 +148,7 @@ class JobbieRaft(SyncObj):
             "raft_bind": self._config.raft_bind,
             "peers": list(self._config.peers),
             "pid": os.getpid(),
+            "apply_ms": self.apply_ms.summary(),
         }
 
 

@@ -337,3 +337,38 @@ def test_admission_frees_everything_when_raft_says_hello_after_a_restart():
     core.on_raft_restarted()
     assert core.in_flight == {} and core.total == 1
     assert len(core.cut_batch(0.1)[1]) == 1
+
+
+def test_latency_window_summarises_the_recent_samples():
+    from jobbie.transport.metrics import Window
+    w = Window(size=100)
+    assert w.summary() == {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    for v in range(1, 201):  # only the last 100 (101..200) are kept
+        w.record(float(v))
+    s = w.summary()
+    assert s["count"] == 200 and s["max"] == 200.0 and s["p50"] == 151.0 and s["p99"] == 200.0
+
+
+def test_admission_reports_queue_wait_and_entry_sizes():
+    core = AdmissionCore(AdmissionLimits(entries_in_flight_max=1))
+    for i in range(3):
+        core.offer("a", 10, ["gw", 1, i], b"x", now=1.0)
+    n, ops, _ = core.cut_batch(1.004)
+    core.on_applied(n, 1.010)
+    stats = core.stats()
+    assert stats["queue_wait_ms"]["count"] == 3 and abs(stats["queue_wait_ms"]["p50"] - 4.0) < 0.01
+    assert stats["entry_ops"]["max"] == 3 and abs(stats["entry_commit_ms"]["max"] - 6.0) < 0.01
+    assert stats["in_flight"] == 0 and stats["limits"]["inflight_max"] == core.limits.inflight_max
+
+
+def test_gateway_status_carries_the_pipeline_histograms():
+    core = gateway()
+    core.on_status({"k": "raft_status", "role": "leader", "apply_ms": {"count": 5, "p50": 0.2, "p90": 0.3,
+                                                                       "p99": 0.4, "max": 0.5}}, 100.0)
+    core.on_status({"k": "admission_status", "queue_wait_ms": {"count": 1, "p50": 1.0, "p90": 1.0, "p99": 1.0,
+                                                               "max": 1.0}, "rejected": 2}, 100.0)
+    request(core, 1, "cluster_status", now=100.5)
+    ((_, reply),) = replies(core)
+    pipe = reply["ok"]["pipeline"]
+    assert pipe["apply_ms"]["p99"] == 0.4 and pipe["queue_wait_ms"]["p50"] == 1.0
+    assert pipe["admission"]["rejected"] == 2
