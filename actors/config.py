@@ -33,6 +33,10 @@ class NodeConfig:
     inflight_per_client_max: int = 10_000
     #: Lifecycle: how often it looks for due work.
     lifecycle_interval_ms: int = 50
+    #: Raft entries between snapshots (log compaction); >= 100.
+    snapshot_every_entries: int = 20_000
+    #: Shared secret for raft peer traffic (pysyncobj encryption); required off loopback.
+    raft_password: str = ""
 
     def endpoint(self, name: str) -> str:
         return f"ipc://{self.run_dir}/{name}.sock"

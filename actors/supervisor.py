@@ -34,6 +34,9 @@ log = logging.getLogger("jobbie.supervisor")
 
 STOP_ORDER = ("gateway", "lifecycle", "admission", "raft")
 EXIT_GAVE_UP = 3
+#: An actor exiting with this code cannot start at all (e.g. an unrecoverable data dir): no restart.
+EXIT_CANNOT_START = 78
+LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
 class StartupError(Exception):
@@ -89,8 +92,10 @@ def free_port() -> int:
 
 
 class Supervisor:
-    def __init__(self, config: NodeConfig):
+    def __init__(self, config: NodeConfig, bootstrap: bool = False, rejoin: bool = False):
         self.config = config
+        self.bootstrap = bootstrap
+        self.rejoin = rejoin
         self.children = {name: Child(name) for name in ACTORS}
         self.stopping = False
         self.lock_file = None
@@ -115,6 +120,12 @@ class Supervisor:
         self.lock_file.flush()
         identity_path = os.path.join(cfg.data_dir, "node.json")
         identity = {}
+        if cfg.peers and not os.path.exists(identity_path) and not (self.bootstrap or self.rejoin):
+            raise StartupError(
+                f"data dir {cfg.data_dir} is empty and --peers names a cluster. For a new cluster, start each "
+                "node once with --bootstrap. If this node lost its data, start it with --rejoin: it then "
+                "catches up from the leader (start it only while the other nodes have a leader)")
+        self.check_raft_security()
         if os.path.exists(identity_path):
             with open(identity_path) as f:
                 identity = json.load(f)
@@ -134,6 +145,20 @@ class Supervisor:
         os.makedirs(cfg.log_dir, exist_ok=True)
         self.config_path = os.path.join(cfg.run_dir, "node.msgpack")
         cfg.save(self.config_path)
+
+    def check_raft_security(self):
+        cfg = self.config
+        hosts = [cfg.raft_bind] + list(cfg.peers)
+        off_loopback = [h for h in hosts if h and not h.startswith(LOOPBACK)]
+        if off_loopback and not cfg.raft_password:
+            raise StartupError(
+                f"raft traffic to {', '.join(off_loopback)} would leave loopback unauthenticated (pysyncobj "
+                "unpickles what peers send); set --raft-password or JOBBIE_RAFT_PASSWORD on every node")
+        if cfg.raft_password:
+            try:
+                import cryptography  # noqa: F401
+            except ImportError:
+                raise StartupError("--raft-password needs the cryptography package: pip install cryptography")
 
     # -------------------------------------------------------------- processes
     def spawn(self, child: Child):
@@ -162,6 +187,9 @@ class Supervisor:
         for child in self.children.values():
             if child.proc is not None and child.proc.poll() is not None and child.restart_at is None:
                 code = child.proc.returncode
+                if code == EXIT_CANNOT_START:
+                    return (f"the {child.name} actor cannot start (see "
+                            f"{os.path.join(self.config.log_dir, child.name + '.log')})")
                 delay = child.policy.on_crash(now, now - child.started_at)
                 if delay is None:
                     return (f"the {child.name} actor died {child.policy.intensity_max + 1} times within "
@@ -230,10 +258,10 @@ class Supervisor:
         return 0
 
 
-def run_server(config: NodeConfig) -> int:
+def run_server(config: NodeConfig, bootstrap: bool = False, rejoin: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s supervisor %(levelname)s: %(message)s")
     try:
-        return Supervisor(config).run()
+        return Supervisor(config, bootstrap=bootstrap, rejoin=rejoin).run()
     except StartupError as exc:
         print(f"jobbie: cannot start: {exc}", file=sys.stderr)
         return 2

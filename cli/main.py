@@ -27,7 +27,8 @@ class Cli:
 
     def server(self, data_dir: str = "./jobbie-data", bind: str = "tcp://127.0.0.1:7700", durable: bool = False,
                node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024,
-               inflight_max: int = 50_000, inflight_per_client_max: int = 10_000):
+               inflight_max: int = 50_000, inflight_per_client_max: int = 10_000, snapshot_every: int = 20_000,
+               raft_password: str = None, bootstrap: bool = False, rejoin: bool = False):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Args:
@@ -42,6 +43,11 @@ class Cli:
           inflight_max: Requests admitted (waiting or being applied) at once for the whole node; more are
             answered RESOURCE_EXHAUSTED with a retry_after_ms hint.
           inflight_per_client_max: The same limit for one client (one connection, or one `client` key).
+          snapshot_every: Raft entries between snapshots (log compaction; each entry is a batch of ops).
+          raft_password: Shared secret encrypting raft traffic between nodes (default $JOBBIE_RAFT_PASSWORD);
+            required when raft addresses are not loopback. Needs `pip install cryptography`.
+          bootstrap: First start of a new cluster on an empty data dir (with --peers).
+          rejoin: This node lost its data dir; start empty and catch up from the leader (with --peers).
         """
         from jobbie.actors.config import NodeConfig
         from jobbie.actors.supervisor import run_server
@@ -49,8 +55,10 @@ class Cli:
         peer_list = [p.strip() for p in str(peers).split(",") if p.strip()] if peers else []
         config = NodeConfig(data_dir=str(data_dir), bind=bind, node_id=str(node_id), raft_bind=str(raft_bind),
                             peers=peer_list, durable=_flag(durable), payload_bytes_max=int(payload_max_bytes),
-                            inflight_max=int(inflight_max), inflight_per_client_max=int(inflight_per_client_max))
-        sys.exit(run_server(config))
+                            inflight_max=int(inflight_max), inflight_per_client_max=int(inflight_per_client_max),
+                            snapshot_every_entries=max(100, int(snapshot_every)),
+                            raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""))
+        sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay_ms: int = None,
                 max_retries: int = None, unique_key: str = None, tags: str = None, server: str = None,

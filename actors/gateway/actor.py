@@ -35,6 +35,15 @@ class LmdbReader:
     def __init__(self, path: str):
         self.path = path
         self.store = None
+        self.lmdb_id = None
+
+    def watch(self, lmdb_id):
+        """The raft actor reports which LMDB file is current; a new one (snapshot installed) is reopened."""
+        if lmdb_id and lmdb_id != self.lmdb_id:
+            if self.lmdb_id is not None and self.store is not None:
+                self.store.close()
+                self.store = None
+            self.lmdb_id = lmdb_id
 
     def _txn(self):
         if self.store is None:

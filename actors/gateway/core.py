@@ -262,6 +262,9 @@ class GatewayCore:
     def on_status(self, msg: dict, now: float):
         if msg.get("k") == "raft_status":
             self.raft_status = dict(msg, seen_at=now)
+            watch = getattr(self.reader, "watch", None)
+            if watch is not None:
+                watch(msg.get("lmdb_id"))
         elif msg.get("k") == "actors":
             self.actors = msg["actors"]
         elif msg.get("k") == "admission_status":
@@ -280,6 +283,8 @@ class GatewayCore:
             "durable": raft.get("durable", self.durable),
             "raft_bind": raft.get("raft_bind"),
             "peers": raft.get("peers", []),
+            "snapshot": raft.get("snapshot"),
+            "journal_entries": raft.get("journal_entries"),
             "actors": self.actors,
             "gateway": {"pending": len(self.pending), "parked_fetches": len(self.parked), **self.stats},
             "pipeline": {

@@ -32,6 +32,7 @@ class LifecycleActor(PumpActor):
         self.core = LifecycleCore(time.time_ns() & 0x7FFFFFFFFFFF)
         self.path = config.lmdb_path
         self.store = None
+        self.lmdb_id = None
 
     def open_sockets(self, ctx):
         cfg = self.config
@@ -63,6 +64,12 @@ class LifecycleActor(PumpActor):
             msg = codec.decode_trusted(frames[0])
             if name == "status":
                 core.on_status(msg, now)
+                lmdb_id = msg.get("lmdb_id")
+                if lmdb_id and lmdb_id != self.lmdb_id:
+                    if self.lmdb_id is not None and self.store is not None:
+                        self.store.close()  # a snapshot replaced LMDB: read the new one
+                        self.store = None
+                    self.lmdb_id = lmdb_id
             else:
                 core.on_applied(msg)
         if not core.wants_deadline(now):

@@ -1,14 +1,18 @@
 """The raft actor process: pysyncobj plus the state machine over LMDB.
 
 Two threads matter here:
-- the pump (main) thread owns the inbound socket and the status PUB socket;
-  the pykka actor hands each drained entry to pysyncobj without waiting;
-- pysyncobj's tick thread applies committed entries (`apply_entry`) and owns
-  the outbound PUSH sockets it sends results on (created lazily, on that
-  thread, so each socket stays with one thread).
+- the pykka actor's thread owns the inbound socket and the status PUB
+  socket, and hands each drained entry to pysyncobj without waiting;
+- pysyncobj's tick thread applies committed entries (`apply_entry`), takes
+  snapshots (snapshots.py) and owns the outbound PUSH sockets it sends
+  results on (created lazily, on that thread, so each socket stays with one
+  thread).
 
+Before pysyncobj starts, startup.py makes journal, snapshot and LMDB agree.
 A storage fault during an apply exits the process (code 70): the supervisor
-restarts it and the journal replays from LMDB's recorded index.
+restarts it and the journal replays from LMDB's recorded index. A data dir
+that cannot be recovered automatically exits with code 78 and a message;
+the supervisor then stops the node instead of restarting.
 """
 from __future__ import annotations
 
@@ -27,15 +31,21 @@ from jobbie.transport import codec
 from jobbie.transport.metrics import Window
 from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
-from . import core
+from . import core, startup
+from .snapshots import Snapshotter
 
 log = logging.getLogger("jobbie.raft")
 
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 EXIT_STORAGE_FAULT = 70
+EXIT_CANNOT_START = 78
+#: Journal entries between snapshots. Each entry holds a batch of ops, so this
+#: is tens of thousands of jobs; the first snapshot comes only after this many
+#: entries, never on an empty state.
+SNAPSHOT_EVERY_ENTRIES = 20_000
 
 
-def syncobj_conf(config, single: bool) -> SyncObjConf:
+def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
     os.makedirs(config.raft_dir, exist_ok=True)
     return SyncObjConf(
         journalFile=os.path.join(config.raft_dir, "journal"),
@@ -60,9 +70,13 @@ def syncobj_conf(config, single: bool) -> SyncObjConf:
         raftMinTimeout=0.1 if single else 0.8,
         raftMaxTimeout=0.2 if single else 1.6,
         connectionRetryTime=1.0,
-        # Snapshots come with the clusters issue; until then the journal is the log.
-        logCompactionMinEntries=2**62,
-        logCompactionMinTime=2**62,
+        # Compaction by size only (a time trigger would snapshot a near-empty log).
+        logCompactionMinEntries=config.snapshot_every_entries,
+        logCompactionMinTime=2**31,
+        serializer=snapshotter.serialize,
+        deserializer=snapshotter.deserialize,
+        serializeChecker=snapshotter.state,
+        password=config.raft_password or None,
         dynamicMembershipChange=False,
     )
 
@@ -78,9 +92,25 @@ class JobbieRaft(SyncObj):
         self.apply_ms = Window(1024)  # per entry: the LMDB transaction of apply_entry
         with store.begin() as txn:
             self._applied = applied_index(txn, store.dbs)
+        self.lmdb_id = _file_id(config.lmdb_path)
+        self.snapshotter = Snapshotter(config.raft_dir, config.lmdb_path, self)
         single = not config.peers
-        super().__init__(config.raft_bind, list(config.peers), syncobj_conf(config, single))
+        super().__init__(config.raft_bind, list(config.peers), syncobj_conf(config, single, self.snapshotter))
         self.addOnTickCallback(self._kick)
+
+    # The snapshotter's view of the store (tick thread only).
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def applied(self) -> int:
+        return self._applied
+
+    def reopened(self, store: Store, applied: int):
+        self._store = store
+        self._applied = applied
+        self.lmdb_id = _file_id(self._config.lmdb_path)
 
     # pysyncobj commits a single node's entry only on the tick after it was
     # added, and that tick waits for the poll period; nudge it instead.
@@ -137,6 +167,13 @@ class JobbieRaft(SyncObj):
 
     def status(self) -> dict:
         leader = self._getLeader()
+        peers = []
+        if self.otherNodes:
+            raw = self.getStatus()
+            for node in sorted(self.otherNodes, key=lambda n: n.id):
+                peers.append({"address": node.id, "connected": self.isNodeConnected(node),
+                              "match_index": raw.get("match_idx_server_" + node.id),
+                              "next_index": raw.get("next_idx_server_" + node.id)})
         return {
             "node_id": self._config.node_id,
             "role": "leader" if self._isLeader() else ("follower" if leader is not None else "candidate"),
@@ -146,9 +183,12 @@ class JobbieRaft(SyncObj):
             "applied_index": self.raftLastApplied,
             "durable": self._config.durable,
             "raft_bind": self._config.raft_bind,
-            "peers": list(self._config.peers),
+            "peers": peers,
             "pid": os.getpid(),
             "apply_ms": self.apply_ms.summary(),
+            "snapshot": self.snapshotter.last,
+            "journal_entries": self._getRaftLogSize(),
+            "lmdb_id": self.lmdb_id,
         }
 
 
@@ -193,15 +233,34 @@ class RaftActor(PumpActor):
         raft.apply_entry(data, callback=on_done)
 
 
+def _file_id(lmdb_path: str) -> str:
+    try:
+        st = os.stat(os.path.join(lmdb_path, "data.mdb"))
+        return f"{st.st_dev}:{st.st_ino}"
+    except OSError:
+        return ""
+
+
 def run(config) -> int:
+    try:
+        prepared = startup.prepare(config.raft_dir, config.lmdb_path, config.durable)
+    except startup.CannotStart as exc:
+        log.critical("cannot start: %s", exc)
+        return EXIT_CANNOT_START
     ctx = zmq.Context()
     store = Store(config.lmdb_path)
     raft = JobbieRaft(config, store, ctx)
     raft.waitBinded()
-    log.info("raft %s at %s, peers %s, applied index %d, durable %s", config.node_id, config.raft_bind,
-             config.peers or "none", raft._applied, config.durable)
+    log.info("raft %s at %s, peers %s, applied index %d, journal %d..%d, snapshot %s, durable %s",
+             config.node_id, config.raft_bind, config.peers or "none", raft._applied,
+             prepared.journal.first_index, prepared.journal.last_index, prepared.snapshot_index or "none",
+             config.durable)
+    code = 1
     try:
-        return serve_process(RaftActor, ctx, config, raft)
+        code = serve_process(RaftActor, ctx, config, raft)
+        return code
     finally:
         raft.destroy_synchronous()
-        store.close()
+        raft.store.close()
+        if code == 0:
+            startup.mark_clean(config.raft_dir)
