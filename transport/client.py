@@ -40,7 +40,11 @@ def server_endpoint(server: str | None = None) -> str:
 
 
 class Client:
-    """A connection to one jobbie node."""
+    """A connection to a jobbie node, or to several (`server="tcp://a:7700,tcp://b:7700"`).
+
+    With several endpoints the requests are spread over the nodes that are up,
+    and a retry after a node dies goes to another one.
+    """
 
     def __init__(self, server: str | None = None, timeout: float = 10.0, retry_for: float = 30.0,
                  client_key: str | None = None):
@@ -66,7 +70,13 @@ class Client:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(self.endpoint)
+        endpoints = [e.strip() for e in self.endpoint.split(",") if e.strip()]
+        if len(endpoints) > 1:
+            # Several nodes: requests go round-robin to the connected ones only,
+            # so a dead node's share is not queued for it (retries reach the others).
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        for endpoint in endpoints:
+            sock.connect(endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)

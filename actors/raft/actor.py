@@ -93,6 +93,7 @@ class JobbieRaft(SyncObj):
         with store.begin() as txn:
             self._applied = applied_index(txn, store.dbs)
         self.lmdb_id = _file_id(config.lmdb_path)
+        self._synced_fd = None
         self.snapshotter = Snapshotter(config.raft_dir, config.lmdb_path, self)
         single = not config.peers
         super().__init__(config.raft_bind, list(config.peers), syncobj_conf(config, single, self.snapshotter))
@@ -160,10 +161,20 @@ class JobbieRaft(SyncObj):
         return None
 
     def _flush_journal(self):
+        """--durable: msync the journal (every entry up to this one) before any result is sent."""
         journal = self._SyncObj__raftLog
         flush = getattr(journal, "flush", None)
-        if flush is not None:
-            flush()
+        if flush is None:
+            return
+        flush()
+        # Where the journal was last synced, for operators and the power-loss
+        # tests (they cut the journal back to this offset). Not itself synced.
+        offset = getattr(journal, "_FileJournal__currentOffset", 0)
+        if self._synced_fd is None:
+            self._synced_fd = os.open(os.path.join(self._config.raft_dir, "journal.synced"),
+                                      os.O_WRONLY | os.O_CREAT, 0o644)
+        line = f"{self._applied} {offset}\n".encode().ljust(40)
+        os.pwrite(self._synced_fd, line, 0)
 
     def status(self) -> dict:
         leader = self._getLeader()
