@@ -19,11 +19,32 @@ from jobbie.transport.errors import JobbieError
 from . import render
 
 
+class ClusterCli:
+    """Raft cluster: status, and adding or removing a voter at runtime."""
+
+    def status(self, server: str = None, output: str = "text"):
+        """Role, term, leader, commit/applied index, last snapshot, durability, peers and actor processes."""
+        return _run(server, output, "cluster_status", {}, render.cluster)
+
+    def add(self, address: str, server: str = None, output: str = "text"):
+        """Add the voter at raft ADDRESS (host:port); then start that node with --peers and --rejoin.
+
+        One change at a time: wait until `jobbie cluster status` shows the new peer before the next one.
+        """
+        return _run(server, output, "cluster_add", {"address": str(address)}, lambda r: f"added {address}")
+
+    def remove(self, address: str, server: str = None, output: str = "text"):
+        """Remove the voter at raft ADDRESS (host:port) from the cluster; stop that node afterwards."""
+        return _run(server, output, "cluster_remove", {"address": str(address)}, lambda r: f"removed {address}")
+
+
 class Cli:
     """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
 
     Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.
     """
+
+    cluster = ClusterCli()
 
     def server(self, data_dir: str = "./jobbie-data", bind: str = "tcp://127.0.0.1:7700", durable: bool = False,
                node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024,
@@ -178,12 +199,22 @@ def protect_strings(argv: list[str]) -> list[str]:
     value is handed over as a Python string literal instead; our code parses
     JSON itself.
     """
-    if not argv or argv[0].startswith("-") or not hasattr(Cli, argv[0].replace("-", "_")):
+    target, depth = Cli, 0
+    while depth < len(argv) and not argv[depth].startswith("-"):
+        attr = getattr(target, argv[depth].replace("-", "_"), None)
+        if attr is None:
+            return argv
+        depth += 1
+        if inspect.isfunction(attr):
+            target = attr
+            break
+        target = type(attr)
+    if not inspect.isfunction(target):
         return argv
-    params = inspect.signature(getattr(Cli, argv[0].replace("-", "_"))).parameters
+    params = inspect.signature(target).parameters
     names = [n for n in params if n != "self"]
     is_str = {n: params[n].annotation in (str, "str") for n in names}
-    out, positional, i = [argv[0]], 0, 1
+    out, positional, i = list(argv[:depth]), 0, depth
     flagged = set()
     while i < len(argv):
         arg = argv[i]

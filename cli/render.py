@@ -82,3 +82,22 @@ def status(s):
     rows = [[a["name"], a["pid"] or "-", a["restarts"], "yes" if a["alive"] else "NO"] for a in s["actors"]]
     middle = ("\n".join(lines) + "\n") if lines else ""
     return head + "\n" + middle + table(rows, ["ACTOR", "PID", "RESTARTS", "ALIVE"])
+
+
+def cluster(s):
+    out = status(s)
+    snap = s.get("snapshot")
+    extra = [f"journal     {s.get('journal_entries', '?')} entries since the last snapshot"]
+    if snap:
+        extra.append(f"snapshot    index {snap['index']}, {snap['bytes']:,} bytes, taken {_time(snap['at'])}")
+    else:
+        extra.append("snapshot    none yet")
+    peers = s.get("peers") or []
+    if peers and isinstance(peers[0], dict):
+        rows = [[p["address"], "yes" if p.get("connected") else "NO",
+                 p.get("match_index") if p.get("match_index") is not None else "-",
+                 p.get("next_index") if p.get("next_index") is not None else "-"] for p in peers]
+        extra.append(table(rows, ["PEER", "CONNECTED", "MATCH INDEX", "NEXT INDEX"]))
+    elif not peers:
+        extra.append("peers       none (single node)")
+    return out + "\n" + "\n".join(extra)

@@ -105,12 +105,14 @@ KIND_NAMES = {
     "str": "str", "int": "int", "float": "float (int accepted)", "bool": "bool", "any": "any",
     "queue": "str (queue name)", "queues": "list of str (queue names)", "id": "str (id)",
     "str_map": "map str → str", "map": "map", "list": "list", "struct": "map",
+    "raft_address": "str (host:port)",
 }
 
 PATH_NAMES = {
     "write": "write: committed through raft",
     "read": "read: answered from this node's LMDB",
     "local": "local: answered by the gateway",
+    "control": "control: passed to the raft actor, which changes pysyncobj's membership",
     "internal": "internal: proposed by jobbie itself; clients get `INVALID_ARGUMENT`/`unknown_op`",
 }
 

@@ -7,6 +7,8 @@ Each `Op` row names its arguments (type, default, bounds), the fields of its
   through admission and raft, applied by the state machine;
 - ``read``: answered by the gateway from its read-only LMDB view;
 - ``local``: answered by the gateway from what it knows (cluster status);
+- ``control``: passed through admission to the raft actor, which acts on
+  pysyncobj directly (membership changes);
 - ``internal``: proposed by jobbie's own actors, refused from clients.
 
 The gateway's validator, docs/protocol.md's tables and the bad-input tests all
@@ -30,6 +32,7 @@ PRIORITIES = ("critical", "high", "normal", "low")
 BACKOFF_STRATEGIES = ("none", "fixed", "linear", "exponential")
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 PRINTABLE_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")
+RAFT_ADDRESS = re.compile(r"[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}\Z")
 #: Nesting allowed inside payload, result, checkpoint and other free values.
 DEPTH_MAX = 64
 
@@ -50,7 +53,7 @@ class Limits:
 @dataclass(frozen=True)
 class Arg:
     name: str
-    kind: str  # str | int | float | bool | any | queue | queues | id | str_map | map | list | struct
+    kind: str  # str | int | float | bool | any | queue | queues | id | raft_address | str_map | map | list | struct
     doc: str = ""
     required: bool = False
     default: object = None
@@ -184,6 +187,12 @@ _op("resume_queue", "write", "Hand out jobs of a queue again.", (Arg("queue", "q
 _op("list_queues", "read", "Every known queue with counts per state.", (), ok=("queues",))
 _op("cluster_status", "local", "This node's raft role, indexes, durability mode and actor processes.", (),
     ok=("node_id", "role", "leader", "term", "commit_index", "applied_index", "durable", "actors"))
+_op("cluster_add", "control", "Add a voter to the raft cluster (start it afterwards with --peers and --rejoin).", (
+    Arg("address", "raft_address", "The new node's raft address, host:port.", required=True),
+), ok=())
+_op("cluster_remove", "control", "Remove a voter from the raft cluster (then stop it).", (
+    Arg("address", "raft_address", "The node's raft address, host:port.", required=True),
+), ok=())
 _op("tick", "internal", "Lifecycle: promote due jobs, reclaim expired leases, expire TTLs, drop old dedupe records.", (
     Arg("limit", "int", default=1000, low=1, high=100_000),
 ), ok=("promoted", "reclaimed", "expired"))
@@ -239,6 +248,10 @@ def _check_value(arg: Arg, value, field: str):
                 _bad(f"{field} is longer than {arg.length_max} characters", field, "too_large")
             if arg.choices and value not in arg.choices:
                 _bad(f"{field} must be one of {', '.join(arg.choices)}; got {value[:64]!r}", field, "invalid_choice")
+        return value
+    if kind == "raft_address":
+        if type(value) is not str or not RAFT_ADDRESS.match(value):
+            _bad(f"{field} must be host:port, got {str(value)[:64]!r}", field, "invalid_name")
         return value
     if kind == "int":
         if type(value) is not int:

@@ -69,6 +69,9 @@ class AdmissionActor(PumpActor):
                     refusal = self.core.offer(client, size, tag, op_bytes, inbox.now)
                     if refusal is not None:
                         refusals.setdefault(origin_socket(tag[0]), []).append([tag, refusal])
+            elif kind == "control":
+                # Membership changes and the like go to the raft actor as they are.
+                out.append(("raft", [b"control", frames[0]]))
             elif kind == "raft_hello":
                 self.core.on_raft_restarted()
             elif kind == "applied":

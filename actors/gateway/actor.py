@@ -117,6 +117,9 @@ class GatewayActor(PumpActor):
         out = [("clients", r) for r in replies]
         if ops:
             out.append(("admission", [codec.encode({"k": "ops", "items": ops})]))
+        control = self.core.take_control()
+        if control:
+            out.append(("admission", [codec.encode({"k": "control", "items": control})]))
         return out
 
     def begin_stop(self) -> list:

@@ -62,6 +62,7 @@ class GatewayCore:
         self.deadlines: list = []  # heap of (time, seq): write deadlines and long-poll ends
         self.replies: list = []  # [ident, (b""), bytes]
         self.ops_out: list = []  # [client, size, tag, op bytes]
+        self.control_out: list = []  # [tag, op name, args] for the raft actor
         self.raft_status: dict = {}
         self.admission_status: dict = {}
         self.actors: list = []
@@ -72,6 +73,10 @@ class GatewayCore:
         replies, ops = self.replies, self.ops_out
         self.replies, self.ops_out = [], []
         return replies, ops
+
+    def take_control(self):
+        control, self.control_out = self.control_out, []
+        return control
 
     def reply(self, ident, envelope, req_id, body_key, body):
         frame = codec.encode({"id": req_id, body_key: body})
@@ -143,6 +148,13 @@ class GatewayCore:
             self.reply(ident, envelope, req_id, "ok", self.cluster_status(now))
         elif op.path == "read":
             self.read(ident, envelope, req_id, op.name, args)
+        elif op.path == "control":
+            self.seq += 1
+            tag = [GW, self.incarnation, self.seq]
+            p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s)
+            self.pending[self.seq] = p
+            heapq.heappush(self.deadlines, (p.deadline, self.seq))
+            self.control_out.append([tag, op.name, args])
         else:
             p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s)
             if op.name == "fetch":

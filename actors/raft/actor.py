@@ -77,7 +77,8 @@ def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
         deserializer=snapshotter.deserialize,
         serializeChecker=snapshotter.state,
         password=config.raft_password or None,
-        dynamicMembershipChange=False,
+        # `jobbie cluster add|remove`; the membership is kept in the log and snapshots.
+        dynamicMembershipChange=True,
     )
 
 
@@ -184,7 +185,7 @@ class JobbieRaft(SyncObj):
             for node in sorted(self.otherNodes, key=lambda n: n.id):
                 peers.append({"address": node.id, "connected": self.isNodeConnected(node),
                               "match_index": raw.get("match_idx_server_" + node.id),
-                              "next_index": raw.get("next_idx_server_" + node.id)})
+                              "next_index": raw.get("next_node_idx_server_" + node.id)})
         return {
             "node_id": self._config.node_id,
             "role": "leader" if self._isLeader() else ("follower" if leader is not None else "candidate"),
@@ -231,7 +232,36 @@ class RaftActor(PumpActor):
             return [("status", [codec.encode({"k": "raft_status", **self.raft.status()})])]
         return []
 
+    def control(self, msg: dict):
+        raft = self.raft
+        for tag, op, args in msg["items"]:
+            def on_done(result, error, tag=tag, op=op):
+                if error == FAIL_REASON.SUCCESS:
+                    answer = {"ok": {}}
+                elif error == FAIL_REASON.REQUEST_DENIED:
+                    answer = {"err": {"code": "FAILED_PRECONDITION", "reason": "membership_change_refused",
+                                      "message": f"{op} refused: another membership change is still in progress, "
+                                                 "the node is already (or not) a member, or the leader is new; "
+                                                 "wait and retry"}}
+                else:
+                    name = FAIL_NAMES.get(error, str(error))
+                    answer = {"err": {"code": "UNAVAILABLE", "reason": name,
+                                      "message": f"{op} not confirmed ({name}); check `jobbie cluster status` "
+                                                 "before retrying"}}
+                raft._send([(core.origin_socket(tag[0]), {"k": "applied", "index": None,
+                                                          "items": [[tag, answer]], "woken": {}})])
+            if op == "cluster_add":
+                raft.addNodeToCluster(args["address"], callback=on_done)
+            elif op == "cluster_remove":
+                if args["address"] == self.config.raft_bind:
+                    on_done(None, FAIL_REASON.REQUEST_DENIED)
+                else:
+                    raft.removeNodeFromCluster(args["address"], callback=on_done)
+
     def propose(self, frames):
+        if frames[0] == b"control":
+            self.control(codec.decode_trusted(frames[1]))
+            return
         data, tags_raw = frames[0], frames[1] if len(frames) > 1 else None
         raft = self.raft
 

@@ -17,7 +17,7 @@ from jobbie.transport.errors import InvalidArgument
 from jobbie.transport.ops import DEPTH_MAX, ENQUEUE_ARGS, INT64_MAX, OPS, YEAR_MS, Limits, validate
 
 CLIENT_OPS = sorted(name for name, op in OPS.items() if op.path != "internal")
-KINDS = {"str", "int", "float", "bool", "any", "queue", "queues", "id", "str_map", "map", "list", "struct"}
+KINDS = {"raft_address", "str", "int", "float", "bool", "any", "queue", "queues", "id", "str_map", "map", "list", "struct"}
 
 #: Smallest valid args of every client op; every generated case changes exactly one thing.
 VALID = {
@@ -35,6 +35,8 @@ VALID = {
     "resume_queue": {"queue": "q"},
     "list_queues": {},
     "cluster_status": {},
+    "cluster_add": {"address": "127.0.0.1:8704"},
+    "cluster_remove": {"address": "127.0.0.1:8704"},
 }
 
 BAD_QUEUE_NAMES = [
@@ -89,6 +91,10 @@ def bad_values(arg):
                 out.append(("too-long", "x" * (arg.length_max + 1), "", "too_large"))
             if arg.choices:
                 out.append(("bad-choice", "bogus", "", "invalid_choice"))
+    elif kind == "raft_address":
+        out += [("int", 8704, "", "invalid_name"), ("no-port", "127.0.0.1", "", "invalid_name"),
+                ("url", "tcp://127.0.0.1:1", "", "invalid_name"), ("space", "a b:1", "", "invalid_name"),
+                ("long-port", "h:123456", "", "invalid_name")]
     elif kind == "bool":
         out += [("int", 1, "", "wrong_type"), ("zero", 0, "", "wrong_type"), ("string", "true", "", "wrong_type"),
                 ("list", [True], "", "wrong_type")]
@@ -124,7 +130,7 @@ def valid_value(arg):
         return {f.name: valid_value(f) for f in arg.fields if f.required}
     return {"queue": "q", "id": "x1", "str": arg.choices[0] if arg.choices else "s", "bool": False, "any": 1,
             "int": int(arg.low or 0), "float": float(arg.low or 0), "queues": ["q"], "str_map": {},
-            "map": {}, "list": []}[arg.kind]
+            "map": {}, "list": [], "raft_address": "127.0.0.1:8704"}[arg.kind]
 
 
 def row_cases(op_name, rows, base, wrap, prefix):
