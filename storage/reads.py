@@ -56,3 +56,21 @@ def next_deadline(txn, dbs, dedupe_ttl_ms: int) -> int | None:
 
 def status(txn, dbs) -> dict:
     return {"applied_index": applied_index(txn, dbs)}
+
+
+# ----------------------------------------------------------------- read ops
+# One function per `read` op of transport/ops.py: (txn, dbs, args) -> the `ok` map,
+# or None for "not found". The gateway dispatches through READERS.
+
+def read_get_job(txn, dbs, args):
+    return get_job(txn, dbs, args["job_id"])
+
+
+def read_list_queues(txn, dbs, args):
+    return {"queues": list_queues(txn, dbs)}
+
+
+READERS = {
+    "get_job": read_get_job,
+    "list_queues": read_list_queues,
+}

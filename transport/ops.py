@@ -197,7 +197,6 @@ _op("tick", "internal", "Lifecycle: promote due jobs, reclaim expired leases, ex
     Arg("limit", "int", default=1000, low=1, high=100_000),
 ), ok=("promoted", "reclaimed", "expired"))
 
-WRITE_OPS = frozenset(name for name, op in OPS.items() if op.path == "write")
 HEARTBEAT_JOB_FIELDS = ("progress", "checkpoint", "usage", "attempt")
 
 
@@ -442,3 +441,8 @@ _EXTRA_CHECKS = {
     "heartbeat": _check_heartbeat,
     "ack": _check_ack_hold,
 }
+
+
+# The search, bulk and mirror ops are declared in their own module; importing it
+# here registers them in OPS with the rest.
+from . import ops_search  # noqa: E402,F401

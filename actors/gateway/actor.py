@@ -62,11 +62,9 @@ class LmdbReader:
             self.store = None
             raise Unavailable(f"the store cannot be read right now ({exc}); retry", reason="store_unavailable")
 
-    def get_job(self, job_id):
-        return self._read(reads.get_job, job_id)
-
-    def list_queues(self):
-        return self._read(reads.list_queues)
+    def read(self, op_name: str, args: dict):
+        """The `ok` map of a read op (storage/reads.py READERS), or None when not found."""
+        return self._read(reads.READERS[op_name], args)
 
 
 class GatewayActor(PumpActor):

@@ -187,13 +187,11 @@ class GatewayCore:
 
     def read(self, ident, envelope, req_id, name, args):
         try:
-            if name == "get_job":
-                job = self.reader.get_job(args["job_id"])
-                if job is None:
-                    raise NotFound(f"job {args['job_id']} not found", field="job_id")
-                self.reply(ident, envelope, req_id, "ok", job)
-            elif name == "list_queues":
-                self.reply(ident, envelope, req_id, "ok", {"queues": self.reader.list_queues()})
+            result = self.reader.read(name, args)
+            if result is None:
+                field = next((a for a in ("job_id", "queue", "name") if a in args), None)
+                raise NotFound(f"{field} {args.get(field)} not found" if field else "not found", field=field)
+            self.reply(ident, envelope, req_id, "ok", result)
         except JobbieError as exc:
             self.reply_error(ident, envelope, req_id, exc)
 

@@ -124,11 +124,10 @@ class Reader:
     def __init__(self, jobs=None):
         self.jobs = jobs or {}
 
-    def get_job(self, job_id):
-        return self.jobs.get(job_id)
-
-    def list_queues(self):
-        return []
+    def read(self, op_name, args):
+        if op_name == "get_job":
+            return self.jobs.get(args["job_id"])
+        return {"queues": []}
 
 
 def gateway(**kwargs):
