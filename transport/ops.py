@@ -446,3 +446,5 @@ _EXTRA_CHECKS = {
 # The search, bulk and mirror ops are declared in their own module; importing it
 # here registers them in OPS with the rest.
 from . import ops_search  # noqa: E402,F401
+
+WRITE_OPS = frozenset(name for name, op in OPS.items() if op.path == "write")
