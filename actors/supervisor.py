@@ -99,6 +99,7 @@ class Supervisor:
         self.children = {name: Child(name) for name in ACTORS}
         self.stopping = False
         self.lock_file = None
+        self.exit_code = EXIT_GAVE_UP
         self.pub = None
         self.config_path = ""
 
@@ -122,7 +123,7 @@ class Supervisor:
         identity = {}
         if cfg.peers and not os.path.exists(identity_path) and not (self.bootstrap or self.rejoin):
             raise StartupError(
-                f"data dir {cfg.data_dir} is empty and --peers names a cluster. For a new cluster, start each "
+                f"data dir {cfg.data_dir} has never run a node (no node.json) and --peers names a cluster. For a new cluster, start each "
                 "node once with --bootstrap. If this node lost its data, start it with --rejoin: it then "
                 "catches up from the leader (start it only while the other nodes have a leader)")
         self.check_raft_security()
@@ -134,14 +135,16 @@ class Supervisor:
                                    f"not {cfg.node_id!r}")
         if not cfg.raft_bind:
             cfg.raft_bind = identity.get("raft_bind") or f"127.0.0.1:{free_port()}"
-        elif identity.get("raft_bind") and identity["raft_bind"] != cfg.raft_bind and not cfg.peers:
-            log.warning("raft address changed from %s to %s", identity["raft_bind"], cfg.raft_bind)
+        elif identity.get("raft_bind") and identity["raft_bind"] != cfg.raft_bind:
+            log.warning("raft address changed from %s to %s%s", identity["raft_bind"], cfg.raft_bind,
+                        "; the other nodes must be told (jobbie cluster remove/add)" if cfg.peers else "")
         identity.update(node_id=cfg.node_id, raft_bind=cfg.raft_bind)
         with open(identity_path + ".tmp", "w") as f:
             json.dump(identity, f)
         os.replace(identity_path + ".tmp", identity_path)
         cfg.run_dir = cfg.run_dir or pick_run_dir(cfg.data_dir)
-        os.makedirs(cfg.run_dir, exist_ok=True)
+        os.makedirs(cfg.run_dir, mode=0o700, exist_ok=True)
+        os.chmod(cfg.run_dir, 0o700)  # the node config in it may hold the raft password
         os.makedirs(cfg.log_dir, exist_ok=True)
         self.config_path = os.path.join(cfg.run_dir, "node.msgpack")
         cfg.save(self.config_path)
@@ -188,6 +191,7 @@ class Supervisor:
             if child.proc is not None and child.proc.poll() is not None and child.restart_at is None:
                 code = child.proc.returncode
                 if code == EXIT_CANNOT_START:
+                    self.exit_code = EXIT_CANNOT_START
                     return (f"the {child.name} actor cannot start (see "
                             f"{os.path.join(self.config.log_dir, child.name + '.log')})")
                 delay = child.policy.on_crash(now, now - child.started_at)
@@ -253,7 +257,7 @@ class Supervisor:
             ctx.term()
         if reason:
             print(f"jobbie: stopping the node: {reason}", file=sys.stderr, flush=True)
-            return EXIT_GAVE_UP
+            return self.exit_code
         print("jobbie: node stopped cleanly", file=sys.stderr, flush=True)
         return 0
 

@@ -158,7 +158,9 @@ class Client:
             if "ok" in reply:
                 return reply["ok"]
             err = reply.get("err") or {}
-            if err.get("code") not in RETRYABLE or time.monotonic() >= give_up:
+            if err.get("code") not in RETRYABLE or time.monotonic() >= give_up or (
+                    spec is not None and spec.path == "control"):
+                # (a membership change is not idempotent: its outcome must be checked, not retried)
                 raise from_wire(err)
             hint = err.get("retry_after_ms")
             time.sleep(min(hint / 1000.0, 5.0) if hint else pause)

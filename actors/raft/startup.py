@@ -62,6 +62,10 @@ def prepare(raft_dir: str, lmdb_path: str, durable: bool) -> Prepared:
         actions.append(f"cut torn journal tail ({scan.problem})")
 
     header = recovery.read_snapshot_header(snapshot_path)
+    if header is None and os.path.exists(snapshot_path):
+        log.error("%s is not a readable jobbie snapshot; setting it aside", snapshot_path)
+        os.replace(snapshot_path, snapshot_path + f".damaged-{int(time.time())}")
+        actions.append("set aside an unreadable snapshot")
     if header is not None:
         try:
             recovery.verify_snapshot(snapshot_path)
@@ -99,11 +103,13 @@ def prepare(raft_dir: str, lmdb_path: str, durable: bool) -> Prepared:
                 actions.append(f"compacted the journal to start at the snapshot ({snap_index})")
                 scan = recovery.scan_journal(journal_path)
                 first = scan.first_index
-    if scan.entries and first > 2 and header is None and lmdb_applied < first - 1:
+    if scan.entries and first > 2 and header is None:
+        # pysyncobj starts applying at index 2 and cannot skip to a compacted
+        # journal's first entry without the snapshot that precedes it.
         raise CannotStart(
-            f"the journal starts at index {first} but LMDB holds only up to {lmdb_applied} and there is no "
-            f"usable snapshot; copy a snapshot from another node into {snapshot_path}, or wipe the data dir "
-            "and start with --rejoin")
+            f"the journal was compacted (it starts at index {first}) but there is no usable snapshot "
+            f"(LMDB holds up to index {lmdb_applied}); put the snapshot back (or copy one from another node) "
+            f"into {snapshot_path}, or move the data dir aside and start this node with --rejoin")
     for action in actions:
         log.warning("recovery: %s", action)
     return Prepared(scan, snap_index, lmdb_applied, actions)
@@ -126,6 +132,12 @@ def _lmdb_applied(lmdb_path: str) -> int:
 
 
 def _set_aside(lmdb_path: str, why: str):
+    # Keep only the latest set-aside copy of each kind: they are for a human to
+    # look at, and a copy of the whole store each time would fill the disk.
+    parent, base = os.path.split(lmdb_path)
+    for name in os.listdir(parent or "."):
+        if name.startswith(f"{base}.{why}-"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     target = f"{lmdb_path}.{why}-{int(time.time())}"
     log.warning("setting LMDB aside as %s (%s); the state is rebuilt from snapshot and journal", target, why)
     os.replace(lmdb_path, target)
