@@ -63,7 +63,7 @@ OK_FIELD_DOCS = {
     ("cluster_status", "term"): "Raft term.",
     ("cluster_status", "commit_index"): "Raft commit index (as of the raft actor's last report, ≤ 0.2 s old).",
     ("cluster_status", "applied_index"): "Last raft index applied on this node (same freshness).",
-    ("cluster_status", "durable"): "`true` when started with `--durable` (`false` until the raft actor has reported).",
+    ("cluster_status", "durable"): "`true` when started with `--durable`.",
     ("cluster_status", "actors"): "List of `{name, pid, restarts, alive}`: raft, admission, gateway, lifecycle, "
                                   "supervisor.",
     ("tick", "promoted"): "Scheduled/retrying jobs moved to `pending`.",
@@ -75,7 +75,14 @@ OK_FIELD_DOCS = {
 OK_EXTRA = {
     "cluster_status": (
         ("raft_bind", "This node's raft address."),
-        ("peers", "The other voters' raft addresses (`--peers`)."),
+        ("peers", "The other voters: list of `{address, connected, match_index, next_index}` (the indexes "
+                  "are known on the leader only; nil elsewhere)."),
+        ("snapshot", "The last snapshot: `{index, at, bytes, seconds}`, or nil before the first one."),
+        ("journal_entries", "Raft journal entries kept since the last snapshot."),
+        ("pipeline", "Write pipeline health: `queue_wait_ms` (per op, in admission), `apply_ms` (per raft entry), "
+                     "`entry_commit_ms` (admission to applied), `entry_ops` (ops per entry), each "
+                     "`{count, p50, p90, p99, max}` over recent samples; and `admission` (in-flight counts, "
+                     "limits, refusals)."),
         ("gateway", "`{pending, parked_fetches, requests, invalid, timeouts}` counters of this gateway."),
         ("warning", "Present only when the raft actor has not reported for 2 s."),
     ),
