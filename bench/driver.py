@@ -37,12 +37,14 @@ class Workload:
 def _run_driver(endpoint, clients, workload, duration_s, start_at, out):
     ctx = zmq.Context()
     socks = []
-    for c in clients:
+    endpoints = [e.strip() for e in endpoint.split(",") if e.strip()]
+    for n, c in enumerate(clients):
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
-        s.connect(endpoint)
+        # Several nodes (a cluster): spread the clients over them.
+        s.connect(endpoints[n % len(endpoints)])
         socks.append(s)
     poller = zmq.Poller()
     index = {}
