@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from jobbie.transport import codec
 
 #: Actor processes, in start order (stopped in reverse, gateway first).
-ACTORS = ("raft", "admission", "gateway", "lifecycle")
+ACTORS = ("raft", "admission", "gateway", "lifecycle", "mirror")
 
 
 @dataclass
@@ -33,13 +33,22 @@ class NodeConfig:
     inflight_per_client_max: int = 10_000
     #: Lifecycle: how often it looks for due work.
     lifecycle_interval_ms: int = 50
+    #: Lifecycle: delete completed and cancelled jobs this long after they finished (0: keep them).
+    completed_retention_ms: int = 7 * 86_400_000
     #: Raft entries between snapshots (log compaction); >= 100.
     snapshot_every_entries: int = 20_000
     #: Shared secret for raft peer traffic (pysyncobj encryption); required off loopback.
     raft_password: str = ""
 
     def endpoint(self, name: str) -> str:
+        """IPC endpoint of an actor's inbound socket (e.g. `mirror`: change feed, bulk results,
+        search requests), or of a status PUB (`raft-status`, `supervisor`)."""
         return f"ipc://{self.run_dir}/{name}.sock"
+
+    @property
+    def mirror_path(self) -> str:
+        """The mirror's SQLite file (derived data: rebuilt from LMDB when lost)."""
+        return os.path.join(self.data_dir, "mirror.sqlite")
 
     @property
     def lmdb_path(self) -> str:

@@ -49,7 +49,8 @@ class Cli(ManageCommands, SearchCommands):
     def server(self, data_dir: str = "./jobbie-data", bind: str = "tcp://127.0.0.1:7700", durable: bool = False,
                node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024,
                inflight_max: int = 50_000, inflight_per_client_max: int = 10_000, snapshot_every: int = 20_000,
-               raft_password: str = None, bootstrap: bool = False, rejoin: bool = False):
+               raft_password: str = None, bootstrap: bool = False, rejoin: bool = False,
+               completed_retention_ms: int = 7 * 86_400_000):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Args:
@@ -69,6 +70,8 @@ class Cli(ManageCommands, SearchCommands):
             required when raft addresses are not loopback. Needs `pip install cryptography`.
           bootstrap: First start of a new cluster on an empty data dir (with --peers).
           rejoin: This node lost its data dir; start empty and catch up from the leader (with --peers).
+          completed_retention_ms: Delete completed and cancelled jobs this long after they finished
+            (default 7 days; 0 keeps them). The leader's value applies to the whole cluster.
         """
         from jobbie.actors.config import NodeConfig
         from jobbie.actors.supervisor import run_server
@@ -78,6 +81,7 @@ class Cli(ManageCommands, SearchCommands):
                             peers=peer_list, durable=_flag(durable), payload_bytes_max=int(payload_max_bytes),
                             inflight_max=int(inflight_max), inflight_per_client_max=int(inflight_per_client_max),
                             snapshot_every_entries=max(100, int(snapshot_every)),
+                            completed_retention_ms=max(0, int(completed_retention_ms)),
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 

@@ -51,11 +51,12 @@ def _short(value, limit=200):
 
 def queues(r):
     rows = [[q["name"], "paused" if q["paused"] else "active", q["pending"], q["active"], q["scheduled"],
-             q["retrying"], q["held"], q["dead"], q["completed"], q["cancelled"]] for q in r["queues"]]
+             q["retrying"], q["held"], q["dead"], q["completed"], q["cancelled"], _limit(q.get("max_concurrency")),
+             _throttle(q.get("throttle"))] for q in r["queues"]]
     if not rows:
         return "no queues yet"
     return table(rows, ["QUEUE", "STATUS", "PENDING", "ACTIVE", "SCHEDULED", "RETRYING", "HELD", "DEAD",
-                        "COMPLETED", "CANCELLED"])
+                        "COMPLETED", "CANCELLED", "MAX_ACTIVE", "THROTTLE"])
 
 
 def status(s):
@@ -75,6 +76,9 @@ def status(s):
     adm = pipe.get("admission") or {}
     if ops.get("count"):
         lines.append(f"ops/entry   p50 {ops['p50']:g}  p99 {ops['p99']:g}  max {ops['max']:g}")
+    mirror = mirror_line(s.get("mirror"))
+    if mirror:
+        lines.append(mirror)
     if adm:
         limits = adm.get("limits") or {}
         lines.append(f"admission   {adm.get('in_flight', 0)} in flight (limit {limits.get('inflight_max', '?')}, "
@@ -101,3 +105,128 @@ def cluster(s):
     elif not peers:
         extra.append("peers       none (single node)")
     return out + "\n" + "\n".join(extra)
+
+
+# ------------------------------------------------------------------ queue management (cli/manage.py)
+
+def _stamp(ms):
+    """A time for a table cell: ISO 8601 UTC without spaces."""
+    if not ms:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _limit(n):
+    return "-" if n is None else str(n)
+
+
+def _throttle(t):
+    return "-" if not t else f"{t['rate']}/{t['period_ms']}ms"
+
+
+def deleted(queue, whole_queue=False):
+    """Renderer for the summed answer of clear / drain / delete-queue."""
+    def text(r):
+        line = f"{queue}: deleted {r['deleted']} jobs"
+        if r["remaining"]:
+            line += f", {r['remaining']} remain (new jobs arrived or a call was cut short; run it again)"
+        elif whole_queue:
+            line += "; queue deleted"
+        return line
+    return text
+
+
+def workers(r):
+    rows = [[w["worker_id"], w.get("hostname") or "-", _stamp(w["last_seen_at"]), w["active"],
+             ",".join(w["jobs"][:3]) + (",…" if len(w["jobs"]) > 3 else "") if w["jobs"] else "-"]
+            for w in r["workers"]]
+    if not rows:
+        return "no workers seen yet"
+    out = table(rows, ["WORKER", "HOSTNAME", "LAST_SEEN", "ACTIVE", "JOBS"])
+    if r.get("cursor"):
+        out += f"\n(more: --after {r['cursor']})"
+    return out
+
+
+def dead(r):
+    rows = [[j["job_id"], j["queue"], f"{j['attempt']}/{j['max_retries'] + 1}", _stamp(j.get("dead_at")),
+             _one_line(j.get("last_error"))] for j in r["jobs"]]
+    if not rows:
+        return "no dead jobs"
+    out = table(rows, ["JOB", "QUEUE", "ATTEMPTS", "DEAD_AT", "LAST_ERROR"])
+    if r.get("cursor"):
+        out += f"\n(more: --after {r['cursor']})"
+    return out
+
+
+def _one_line(text, limit=80):
+    text = " ".join(str(text or "-").split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def schedules(r):
+    # The cron expression holds spaces: it goes last, where it cannot shift other columns.
+    rows = [[s["name"], s["queue"], s["timezone"], _stamp(s.get("next_fire_at")), _stamp(s.get("last_fire_at")),
+             s["fires"], s["cron"]] for s in r["schedules"]]
+    if not rows:
+        return "no schedules"
+    return table(rows, ["SCHEDULE", "QUEUE", "TIMEZONE", "NEXT_FIRE", "LAST_FIRE", "FIRES", "CRON"])
+
+
+def schedule_created(r):
+    verb = "replaced" if r.get("replaced") else "created"
+    return (f"{verb} schedule {r['name']}: {r['cron']} ({r['timezone']}) -> {r['queue']}, "
+            f"next fire {_time(r.get('next_fire_at'))}")
+
+
+# ------------------------------------------------------------------ search, bulk and the mirror (cli/search.py)
+
+def search_page(page, header: bool = True) -> str:
+    """One page of search_jobs as an aligned table (the header only on the first page)."""
+    rows = [[j["id"], j["queue"], j["state"], j.get("priority", "-"), j.get("attempt", 0), _time(j.get("created_at")),
+             _error_line(j.get("last_error"))] for j in page["jobs"]]
+    if not rows:
+        return "no matching jobs"
+    text = table(rows, ["JOB", "QUEUE", "STATE", "PRIORITY", "ATTEMPT", "CREATED", "LAST_ERROR"])
+    return text if header else text.split("\n", 1)[1]
+
+
+def _error_line(text, limit=60):
+    text = " ".join(str(text or "-").split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def bulk_progress(s, width: int = 30) -> str:
+    """One line: [#####-----] done/total, affected, errors (for a \\r-updated progress bar)."""
+    total = s.get("total") or 0
+    done = s.get("done") or 0
+    filled = int(width * done / total) if total else width
+    return (f"{s.get('action', 'bulk')} [{'#' * filled}{'-' * (width - filled)}] {done}/{total}  "
+            f"affected {s.get('affected', 0)}  errors {s.get('error_count', 0)}")
+
+
+def bulk_result(action: str, r) -> str:
+    line = f"{action}: {r['affected']} of {r['total']} jobs affected"
+    if r.get("skipped"):
+        line += f", {r['skipped']} skipped (not in a state the action takes)"
+    line += f", {r['error_count']} errors ({r['duration_ms'] / 1000:.1f} s)"
+    for err in (r.get("errors") or [])[:20]:
+        line += f"\n  {err['job_id']}: {err['code']}: {err['message']}"
+    if r["error_count"] > 20:
+        line += f"\n  … {r['error_count'] - 20} more"
+    return line
+
+
+def mirror_line(m) -> str | None:
+    """The `mirror` row of `jobbie status`."""
+    if not m:
+        return None
+    lag = m.get("lag")
+    text = (f"mirror      applied {m.get('applied_index')}, lag {lag if lag is not None else '?'}, "
+            f"{m.get('dropped_updates', 0)} dropped updates, {m.get('rebuilds', 0)} rebuilds")
+    repair = m.get("repair")
+    if repair:
+        text += f" ({repair['kind']} in progress: {repair['scanned']} jobs scanned)"
+    if m.get("stale"):
+        text += " (no recent report: restarting?)"
+    return text

@@ -69,6 +69,38 @@ OK_FIELD_DOCS = {
     ("tick", "promoted"): "Scheduled/retrying jobs moved to `pending`.",
     ("tick", "reclaimed"): "Active jobs whose lease expired.",
     ("tick", "expired"): "Not-running jobs moved to `dead` by their TTL.",
+    ("tick", "fired"): "Cron schedules fired (present only when non-zero).",
+    ("tick", "woken"): "Throttled queues whose used-up window ended; their parked fetches were woken "
+                       "(present only when non-zero).",
+    ("tick", "pruned"): "Completed/cancelled jobs deleted by the retention (present only when non-zero).",
+    # queue management, listings and schedules (docs/management.md)
+    ("move_job", "state"): "The job's state, unchanged by the move.",
+    ("set_priority", "state"): "The job's state.",
+    ("set_priority", "priority"): "The new priority.",
+    ("clear_queue", "deleted"): "Jobs deleted by this call.",
+    ("clear_queue", "remaining"): "Jobs of those states still in the queue; > 0: call again.",
+    ("drain_queue", "deleted"): "Jobs deleted by this call.",
+    ("drain_queue", "remaining"): "Pending and scheduled jobs still in the queue; > 0: call again.",
+    ("delete_queue", "deleted"): "Jobs deleted by this call.",
+    ("delete_queue", "remaining"): "Jobs still in the queue; 0 means the queue itself is gone too.",
+    ("list_workers", "workers"): "List of `{worker_id, hostname, last_seen_at, active, jobs}` by worker id: "
+                                 "`active` counts the jobs the worker holds now, `jobs` lists up to 100 of their ids.",
+    ("list_workers", "cursor"): "Pass as `after` for the next page; nil on the last page.",
+    ("list_dead", "jobs"): "List of `{job_id, queue, priority, attempt, max_retries, last_error, failed_at, "
+                           "dead_at, created_at, tags}` by job id (oldest first).",
+    ("list_dead", "cursor"): "Pass as `after` for the next page; nil on the last page.",
+    ("create_schedule", "name"): "The `ok` map *is* the schedule record (as `list_schedules` shows it) plus "
+                                 "`replaced`. `name`, `queue`, `cron`, `timezone`, `payload`: as given.",
+    ("create_schedule", "created_at"): "When the schedule was first created (state-clock ms).",
+    ("create_schedule", "updated_at"): "When it was last replaced or fired.",
+    ("create_schedule", "options"): "The enqueue options each job gets (defaults filled in).",
+    ("create_schedule", "next_fire_at"): "Next fire time (ms since epoch), or nil if it never fires again.",
+    ("create_schedule", "last_fire_at"): "Last fire time, or nil.",
+    ("create_schedule", "last_job_id"): "Id of the job the last fire made, or nil.",
+    ("create_schedule", "fires"): "Jobs made so far.",
+    ("create_schedule", "skipped"): "Fires that made no job because the schedule's `unique_key` was taken.",
+    ("create_schedule", "replaced"): "`true` when a schedule of this name existed and was replaced.",
+    ("list_schedules", "schedules"): "Schedule records (as `create_schedule` answers, without `replaced`), by name.",
 }
 
 #: Extra `ok` fields the code sends that OPS does not list.
@@ -100,6 +132,10 @@ EXTRA_BOUNDS = {
     ("enqueue", "payload"): "encoded size ≤ the payload cap",
     ("ack", "result"): "encoded size ≤ the payload cap",
     ("enqueue", "run_at"): "within 10 years of the gateway's clock",
+    ("create_schedule", "cron"): "must parse and fire within 9 years",
+    ("create_schedule", "timezone"): "an IANA zone name known to the node",
+    ("create_schedule", "payload"): "encoded size ≤ the payload cap",
+    ("delete_queue", "confirm"): "must be `true`",
 }
 
 

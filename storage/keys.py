@@ -8,6 +8,13 @@ Every index key sorts so that "the next thing to do" is one cursor seek:
 - ``expiry``:   expire_at(8) job_id                 -> b""   (TTL of not-yet-started jobs)
 - ``dedupe_at``: stored_at(8) request_id            -> b""   (age order of dedupe records)
 - ``errors``:   job_id NUL attempt(4)               -> error record
+- ``by_queue``: queue NUL state(1) job_id           -> b""   (jobs that wait or finished: every
+  state but pending and active, which have the two indexes above; `dead` jobs of a queue are one
+  contiguous range, and so are the targets of clear_queue / drain_queue / delete_queue)
+- ``done``:     finished_at(8) job_id               -> b""   (completed and cancelled jobs, for retention)
+- ``schedule_due``: next_fire_at(8) name            -> b""   (cron schedules, next fire first)
+- ``throttled``: queue                              -> b""   (queues with a throttle, for the lifecycle)
+- ``schedules``: name -> schedule record; ``workers``: worker_id -> worker record
 
 Queue names are ASCII without NUL (transport/ops.py), so NUL ends the queue
 part and every queue's keys form one contiguous range.
@@ -24,7 +31,13 @@ RANK_PRIORITY = {v: k for k, v in PRIORITY_RANK.items()}
 
 # Named databases inside the one LMDB environment.
 DB_NAMES = (b"meta", b"jobs", b"pending", b"due", b"leases", b"expiry", b"unique", b"queues",
-            b"dedupe", b"dedupe_at", b"errors", b"workers", b"batches")
+            b"dedupe", b"dedupe_at", b"errors", b"workers", b"batches", b"by_queue", b"done", b"schedules",
+            b"schedule_due", b"throttled")
+
+#: One byte per state in `by_queue` keys (STATES order of storage/states.py).
+STATE_CODE = {"scheduled": 1, "pending": 2, "active": 3, "completed": 4, "retrying": 5, "dead": 6,
+              "cancelled": 7, "held": 8}
+CODE_STATE = {v: k for k, v in STATE_CODE.items()}
 
 
 def u64(n: int) -> bytes:
@@ -66,3 +79,19 @@ def error_key(job_id: str, attempt: int) -> bytes:
 
 def error_prefix(job_id: str) -> bytes:
     return job_id.encode() + b"\x00"
+
+
+def by_queue_key(queue: str, state: str, job_id: str) -> bytes:
+    return queue.encode() + b"\x00" + bytes((STATE_CODE[state],)) + job_id.encode()
+
+
+def by_queue_prefix(queue: str, state: str | None = None) -> bytes:
+    """Every `by_queue` key of a queue, or of one state of it."""
+    prefix = queue.encode() + b"\x00"
+    return prefix if state is None else prefix + bytes((STATE_CODE[state],))
+
+
+def parse_by_queue(key: bytes) -> tuple[str, str, str]:
+    """(queue, state, job_id) of a `by_queue` key."""
+    queue, _, rest = key.partition(b"\x00")
+    return queue.decode(), CODE_STATE[rest[0]], rest[1:].decode()

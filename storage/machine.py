@@ -16,6 +16,11 @@ promises:
   behind and cannot sink the rest of its batch. Only storage faults
   (`lmdb.Error`) escape; the raft shell crashes the process on them and replay
   recovers.
+
+This module holds the job lifecycle ops and the batch; queue management
+(storage/management.py), cron schedules (storage/schedules.py) and the
+lifecycle `tick` (storage/tick.py) keep their handlers in their own modules,
+and HANDLERS below takes them in. All of them work through storage/apply.py.
 """
 from __future__ import annotations
 
@@ -28,256 +33,21 @@ from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import InvariantViolation, check, error_result
 
 from . import keys as K
-from .states import (ACTIVE, CANCELLED, COMPLETED, DEAD, HELD, PENDING, RETRYING, SCHEDULED, STATES,
-                     TERMINAL, allowed)
+from . import management, schedules, tick
+from .apply import (DEDUPE_TTL_MS, ERRORS_KEPT, Apply, Changes, _ok,  # noqa: F401 (re-exported)
+                    after_failed_attempt as _after_failed_attempt, backoff_ms)
+from .queues import fetch_room, note_handed_out
+from .states import ACTIVE, CANCELLED, COMPLETED, DEAD, PENDING, RETRYING, SCHEDULED, TERMINAL
 
 log = logging.getLogger("jobbie.machine")
 
-#: How long a request_id is remembered (replicated rule, same on every node).
-DEDUPE_TTL_MS = 5 * 60_000
-#: Errors kept per job; older attempts' records are dropped.
-ERRORS_KEPT = 50
 
 ENTRY_VERSION = 1
-
-
-class Changes:
-    """What an applied entry changed, for the gateway (long-poll wake-ups) and the mirror."""
-
-    __slots__ = ("woken", "jobs")
-
-    def __init__(self):
-        self.woken: dict[str, int] = {}
-        self.jobs: list[str] = []
-
-    def wake(self, queue: str, n: int = 1):
-        self.woken[queue] = self.woken.get(queue, 0) + n
-
-
-def _ok(**fields):
-    return {"ok": fields}
 
 
 def fingerprint(op_name: str, args: dict) -> bytes:
     body = {k: v for k, v in args.items() if k != "request_id"}
     return hashlib.blake2b(encode([op_name, body]), digest_size=8).digest()
-
-
-def backoff_ms(backoff: dict | None, attempt: int) -> int:
-    """Delay before the next attempt after attempt number `attempt` (1-based) failed."""
-    b = backoff or {"strategy": "exponential", "base_ms": 1000, "max_ms": 600_000}
-    strategy, base, cap = b["strategy"], b["base_ms"], b["max_ms"]
-    if strategy == "none":
-        return 0
-    if strategy == "fixed":
-        delay = base
-    elif strategy == "linear":
-        delay = base * attempt
-    else:
-        delay = base * (2 ** min(attempt - 1, 40))
-    return min(delay, cap)
-
-
-class Apply:
-    """One op's view of the store: its transaction, the state clock and helpers."""
-
-    def __init__(self, txn, dbs, now: int, changes: Changes):
-        self.txn = txn
-        self.db = dbs
-        self.now = now
-        self.changes = changes
-
-    # ---------------------------------------------------------------- records
-    def get(self, db, key: bytes):
-        raw = self.txn.get(key, db=self.db[db])
-        return None if raw is None else decode_trusted(raw)
-
-    def put(self, db, key: bytes, value):
-        self.txn.put(key, encode(value), db=self.db[db])
-
-    def job(self, job_id: str):
-        return self.get("jobs", job_id.encode())
-
-    def save_job(self, job):
-        job["updated_at"] = self.now
-        self.put("jobs", job["id"].encode(), job)
-        self.changes.jobs.append(job["id"])
-
-    def meta_int(self, name: bytes, default: int = 0) -> int:
-        raw = self.txn.get(name, db=self.db["meta"])
-        return default if raw is None else K.read_u64(raw)
-
-    def set_meta_int(self, name: bytes, value: int):
-        self.txn.put(name, K.u64(value), db=self.db["meta"])
-
-    def next_seq(self) -> int:
-        seq = self.meta_int(b"seq") + 1
-        self.set_meta_int(b"seq", seq)
-        return seq
-
-    def queue(self, name: str) -> dict:
-        rec = self.get("queues", name.encode())
-        if rec is None:
-            rec = {"name": name, "paused": False, "counts": {s: 0 for s in STATES}}
-        return rec
-
-    def count(self, queue: str, state: str | None, delta: int):
-        if state is None:
-            return
-        rec = self.queue(queue)
-        rec["counts"][state] = rec["counts"].get(state, 0) + delta
-        check(rec["counts"][state] >= 0, f"negative {state} count for queue {queue}")
-        self.put("queues", queue.encode(), rec)
-
-    # ---------------------------------------------------------------- indexes
-    def _index_for(self, job) -> tuple[str, bytes] | None:
-        state = job["state"]
-        if state == PENDING:
-            return "pending", K.pending_key(job["queue"], job["priority"], job["seq"])
-        if state in (SCHEDULED, RETRYING):
-            return "due", K.time_key(job["run_at"], job["id"])
-        if state == ACTIVE:
-            return "leases", K.time_key(job["lease_expires_at"], job["id"])
-        return None
-
-    def unindex(self, job):
-        idx = self._index_for(job)
-        if idx is not None:
-            found = self.txn.delete(idx[1], db=self.db[idx[0]])
-            check(found, f"job {job['id']} in state {job['state']} was missing from its {idx[0]} index")
-
-    def index(self, job):
-        idx = self._index_for(job)
-        if idx is not None:
-            value = job["id"].encode() if idx[0] == "pending" else b""
-            self.txn.put(idx[1], value, db=self.db[idx[0]])
-
-    def move(self, job, state: str, event: str):
-        """Change a job's state: check the table, keep indexes and counts in step."""
-        src = job["state"]
-        check(allowed(src, state), f"job {job['id']}: {src} -> {state} is not a legal move ({event})")
-        self.unindex(job)
-        self.count(job["queue"], src, -1)
-        job["state"] = state
-        if state == PENDING:
-            job["seq"] = self.next_seq()
-            self.changes.wake(job["queue"])
-        self.index(job)
-        self.count(job["queue"], state, +1)
-        if state in TERMINAL:
-            self.drop_expiry(job)
-            self.release_unique(job)
-            self.finish_batch_member(job, succeeded=state == COMPLETED)
-
-    def drop_expiry(self, job):
-        if job.get("expire_at") is not None:
-            self.txn.delete(K.time_key(job["expire_at"], job["id"]), db=self.db["expiry"])
-
-    def release_unique(self, job, deleting: bool = False):
-        if job.get("unique_key") is None:
-            return
-        if job.get("unique_period_ms") is not None and not deleting:
-            return  # a period lock outlives the job on purpose, but not its deletion
-        ukey = K.unique_key(job["queue"], job["unique_key"])
-        lock = self.get("unique", ukey)
-        if lock is not None and lock[0] == job["id"]:
-            self.txn.delete(ukey, db=self.db["unique"])
-
-    def finish_batch_member(self, job, succeeded: bool):
-        batch_id = job.get("batch_id")
-        if batch_id is None or job.get("batch_counted"):
-            return
-        job["batch_counted"] = True
-        batch = self.get("batches", batch_id.encode())
-        if batch is None:
-            return
-        batch["finished"] += 1
-        batch["succeeded" if succeeded else "failed"] += 1
-        self.put("batches", batch_id.encode(), batch)
-        if batch["finished"] == batch["total"]:
-            self.fire_batch_callback(batch)
-
-    def fire_batch_callback(self, batch):
-        if batch.get("callback_queue") is None:
-            return
-        payload = {"batch_id": batch["id"], "total": batch["total"], "succeeded": batch["succeeded"],
-                   "failed": batch["failed"], "payload": batch.get("callback_payload")}
-        self.create_job(batch["callback_job_id"], {"queue": batch["callback_queue"], "payload": payload,
-                                                   "priority": "normal", "max_retries": 3})
-
-    def record_error(self, job, message: str, backtrace: str | None = None):
-        rec = {"attempt": job["attempt"], "error": message, "at": self.now, "worker_id": job.get("worker_id")}
-        if backtrace:
-            rec["backtrace"] = backtrace
-        self.put("errors", K.error_key(job["id"], job["attempt"]), rec)
-        old = job["attempt"] - ERRORS_KEPT
-        if old >= 0:
-            self.txn.delete(K.error_key(job["id"], old), db=self.db["errors"])
-        job["last_error"] = message
-        job["failed_at"] = self.now
-
-    def record_usage(self, job, usage: dict | None):
-        if not usage:
-            return
-        entries = [u for u in job.get("usage") or [] if u.get("attempt") != job["attempt"]]
-        entries.append(dict(usage, attempt=job["attempt"]))
-        job["usage"] = entries
-        total = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
-        for u in entries:
-            total["input_tokens"] += u.get("input_tokens") or 0
-            total["output_tokens"] += u.get("output_tokens") or 0
-            total["cost_usd"] += u.get("cost_usd") or 0.0
-        job["usage_total"] = total
-
-    # ---------------------------------------------------------------- creation
-    def unique_holder(self, queue: str, unique_key: str) -> str | None:
-        """The live job holding (queue, key), if any."""
-        lock = self.get("unique", K.unique_key(queue, unique_key))
-        if lock is None:
-            return None
-        holder, until = lock
-        job = self.job(holder)
-        if job is None:
-            return None
-        if until is not None:
-            return holder if until > self.now else None
-        return None if job["state"] in TERMINAL else holder
-
-    def create_job(self, job_id: str, args: dict, batch_id: str | None = None) -> dict:
-        now = self.now
-        check(self.txn.get(job_id.encode(), db=self.db["jobs"]) is None, f"job id {job_id} reused")
-        run_at = args.get("run_at")
-        if run_at is None and args.get("delay_ms"):
-            run_at = now + args["delay_ms"]
-        if args.get("hold"):
-            state = HELD
-        elif run_at is not None and run_at > now:
-            state = SCHEDULED
-        else:
-            state = PENDING
-        expire_at = now + args["expire_after_ms"] if args.get("expire_after_ms") else None
-        job = {
-            "id": job_id, "queue": args["queue"], "payload": args.get("payload"),
-            "priority": args.get("priority", "normal"), "state": None, "attempt": 0,
-            "max_retries": args.get("max_retries", 3), "backoff": args.get("backoff"),
-            "run_at": run_at if run_at is not None else now, "expire_at": expire_at,
-            "unique_key": args.get("unique_key"), "unique_period_ms": args.get("unique_period_ms"),
-            "tags": args.get("tags") or {}, "batch_id": batch_id, "worker_id": None, "hostname": None,
-            "lease_ms": None, "lease_expires_at": None, "progress": None, "checkpoint": None,
-            "result": None, "created_at": now, "updated_at": now, "started_at": None,
-            "completed_at": None, "failed_at": None, "last_error": None, "seq": 0,
-            "cancel_requested": False, "hold_reason": args.get("hold_reason"), "agent": args.get("agent"),
-            "usage": [], "usage_total": None,
-        }
-        job["state"] = None
-        self.move(job, state, "enqueue")
-        if expire_at is not None:
-            self.txn.put(K.time_key(expire_at, job_id), b"", db=self.db["expiry"])
-        if job["unique_key"] is not None:
-            until = now + job["unique_period_ms"] if job["unique_period_ms"] else None
-            self.put("unique", K.unique_key(job["queue"], job["unique_key"]), [job_id, until])
-        self.save_job(job)
-        return job
 
 
 # =================================================================== op handlers
@@ -322,25 +92,29 @@ def handle_fetch(a: Apply, args: dict, ids: list) -> dict:
     wanted = args.get("count", 1)
     lease_ms = args.get("lease_ms", 30_000)
     worker_id = args["worker_id"]
-    # One cursor per unpaused queue; repeatedly take the best head (priority, then seq).
-    heads = []
+    # One cursor per unpaused queue with room (concurrency, throttle); repeatedly
+    # take the best head (priority, then seq).
+    heads, room, taken = [], {}, {}
     for q in args["queues"]:
-        if a.queue(q)["paused"]:
+        rec = a.queue(q)
+        if rec["paused"]:
+            continue
+        room[q] = fetch_room(rec, a.now)
+        if room[q] is not None and room[q] <= 0:
             continue
         cur = a.txn.cursor(db=a.db["pending"])
         prefix = K.pending_prefix(q)
         if cur.set_range(prefix) and cur.key().startswith(prefix):
-            heads.append([K.parse_pending(cur.key()), cur, prefix])
+            heads.append([K.parse_pending(cur.key()), cur, prefix, q])
     out = []
     while heads and len(out) < wanted:
         best = min(heads, key=lambda h: h[0])
-        cur = best[1]
+        cur, q = best[1], best[3]
         job = a.job(cur.value().decode())
         check(job is not None and job["state"] == PENDING, "pending index points at a job that is not pending")
         has_next = cur.next() and cur.key().startswith(best[2])
-        next_rank = K.parse_pending(cur.key()) if has_next else None
         if has_next:
-            best[0] = next_rank
+            best[0] = K.parse_pending(cur.key())
         else:
             heads.remove(best)
         if job.get("expire_at") is not None and job["expire_at"] <= a.now:
@@ -361,6 +135,14 @@ def handle_fetch(a: Apply, args: dict, ids: list) -> dict:
         out.append({"job_id": job["id"], "queue": job["queue"], "payload": job["payload"],
                     "attempt": job["attempt"], "max_retries": job["max_retries"], "lease_ms": lease_ms,
                     "checkpoint": job["checkpoint"], "tags": job["tags"], "agent": job["agent"]})
+        taken[q] = taken.get(q, 0) + 1
+        if room[q] is not None and taken[q] >= room[q] and best in heads:
+            heads.remove(best)  # this queue's concurrency or throttle is used up
+    for q, n in taken.items():
+        rec = a.queue(q)
+        if rec.get("throttle"):
+            note_handed_out(rec, a.now, n)
+            a.put("queues", q.encode(), rec)
     a.put("workers", worker_id.encode(), {"worker_id": worker_id, "hostname": args.get("hostname"),
                                           "last_seen_at": a.now})
     return _ok(jobs=out)
@@ -412,33 +194,6 @@ def handle_fail(a: Apply, args: dict, ids: list) -> dict:
     return _ok(state=job["state"], next_attempt_at=next_at, attempts_remaining=remaining)
 
 
-def _after_failed_attempt(a: Apply, job, event: str):
-    """Move an active job whose attempt failed; returns (next_attempt_at, attempts_remaining)."""
-    expired = job.get("expire_at") is not None and a.now >= job["expire_at"]
-    remaining = max(0, job["max_retries"] + 1 - job["attempt"])
-    if job["cancel_requested"]:
-        a.move(job, CANCELLED, event)
-        next_at, remaining = None, 0
-    elif expired or remaining == 0:
-        if expired:
-            job["last_error"] = f"{job['last_error']} (job expired)" if job["last_error"] else "expired"
-        a.move(job, DEAD, event)
-        next_at, remaining = None, 0
-    else:
-        delay = backoff_ms(job.get("backoff"), job["attempt"])
-        if event == "lease expired":
-            # Reclaimed leases go straight back to pending (the worker vanished; no backoff).
-            job["run_at"] = a.now
-            a.move(job, PENDING, event)
-            next_at = a.now
-        else:
-            job["run_at"] = a.now + delay
-            a.move(job, RETRYING, event)
-            next_at = job["run_at"]
-    job["lease_expires_at"] = None
-    return next_at, remaining
-
-
 def handle_heartbeat(a: Apply, args: dict, ids: list) -> dict:
     out = {}
     worker_id = args["worker_id"]
@@ -463,7 +218,9 @@ def handle_heartbeat(a: Apply, args: dict, ids: list) -> dict:
             status = "ok"
         a.save_job(job)
         out[job_id] = {"status": status, "budget_exceeded": False}
-    a.put("workers", worker_id.encode(), {"worker_id": worker_id, "last_seen_at": a.now})
+    seen = a.get("workers", worker_id.encode()) or {}
+    a.put("workers", worker_id.encode(), {"worker_id": worker_id, "hostname": seen.get("hostname"),
+                                          "last_seen_at": a.now})
     return _ok(jobs=out)
 
 
@@ -516,20 +273,7 @@ def handle_delete_job(a: Apply, args: dict, ids: list) -> dict:
     job = a.job(args["job_id"])
     if job is None:
         return error_result("NOT_FOUND", f"job {args['job_id']} not found", "job_id")
-    a.unindex(job)
-    a.count(job["queue"], job["state"], -1)
-    a.drop_expiry(job)
-    a.release_unique(job, deleting=True)
-    if job["state"] not in TERMINAL:
-        a.finish_batch_member(job, succeeded=False)
-    cur = a.txn.cursor(db=a.db["errors"])
-    prefix = K.error_prefix(job["id"])
-    if cur.set_range(prefix):
-        while cur.key().startswith(prefix):
-            if not cur.delete():
-                break
-    a.txn.delete(job["id"].encode(), db=a.db["jobs"])
-    a.changes.jobs.append(job["id"])
+    a.delete_job(job)
     return _ok()
 
 
@@ -549,53 +293,6 @@ def handle_resume_queue(a: Apply, args: dict, ids: list) -> dict:
     return _ok()
 
 
-def _due(a: Apply, db: str, limit: int):
-    """Up to `limit` (time, id) keys of an index that are due at the state clock."""
-    cur = a.txn.cursor(db=a.db[db])
-    out = []
-    if cur.first():
-        for key in cur.iternext(keys=True, values=False):
-            at, ident = K.parse_time_key(key)
-            if at > a.now or len(out) >= limit:
-                break
-            out.append((at, ident))
-    return out
-
-
-def handle_tick(a: Apply, args: dict, ids: list) -> dict:
-    limit = args.get("limit", 1000)
-    promoted = reclaimed = expired = 0
-    for _, job_id in _due(a, "due", limit):
-        job = a.job(job_id)
-        check(job is not None and job["state"] in (SCHEDULED, RETRYING), f"due index holds {job_id} wrongly")
-        a.move(job, PENDING, "tick: due")
-        a.save_job(job)
-        promoted += 1
-    for _, job_id in _due(a, "leases", limit):
-        job = a.job(job_id)
-        check(job is not None and job["state"] == ACTIVE, f"lease index holds {job_id} wrongly")
-        a.record_error(job, "lease expired")
-        _after_failed_attempt(a, job, "lease expired")
-        a.save_job(job)
-        reclaimed += 1
-    for at, job_id in _due(a, "expiry", limit):
-        a.txn.delete(K.time_key(at, job_id), db=a.db["expiry"])
-        job = a.job(job_id)
-        if job is None or job["state"] in TERMINAL or job["state"] == ACTIVE:
-            continue  # an active job is judged when its attempt ends
-        job["last_error"] = "expired"
-        job["failed_at"] = a.now
-        a.move(job, DEAD, "tick: expired")
-        a.save_job(job)
-        expired += 1
-    for at, request_id in _due(a, "dedupe_at", limit):
-        if at + DEDUPE_TTL_MS > a.now:
-            break
-        a.txn.delete(K.time_key(at, request_id), db=a.db["dedupe_at"])
-        a.txn.delete(request_id.encode(), db=a.db["dedupe"])
-    return _ok(promoted=promoted, reclaimed=reclaimed, expired=expired)
-
-
 HANDLERS = {
     "enqueue": handle_enqueue,
     "enqueue_batch": handle_enqueue_batch,
@@ -608,7 +305,9 @@ HANDLERS = {
     "delete_job": handle_delete_job,
     "pause_queue": handle_pause_queue,
     "resume_queue": handle_resume_queue,
-    "tick": handle_tick,
+    **management.HANDLERS,
+    **schedules.HANDLERS,
+    "tick": tick.handle_tick,
 }
 
 

@@ -193,9 +193,12 @@ _op("cluster_add", "control", "Add a voter to the raft cluster (start it afterwa
 _op("cluster_remove", "control", "Remove a voter from the raft cluster (then stop it).", (
     Arg("address", "raft_address", "The node's raft address, host:port.", required=True),
 ), ok=())
-_op("tick", "internal", "Lifecycle: promote due jobs, reclaim expired leases, expire TTLs, drop old dedupe records.", (
-    Arg("limit", "int", default=1000, low=1, high=100_000),
-), ok=("promoted", "reclaimed", "expired"))
+_op("tick", "internal", "Lifecycle: promote due jobs, reclaim expired leases, expire TTLs, drop old dedupe records, "
+    "fire due cron schedules, wake throttled queues whose window reopened, prune old finished jobs.", (
+    Arg("limit", "int", "Items of each kind handled at most.", default=1000, low=1, high=100_000),
+    Arg("completed_retention_ms", "int", "Delete completed and cancelled jobs that finished at least this long "
+        "ago (the lifecycle's `--completed-retention-ms`; absent: keep them).", low=1, high=100 * YEAR_MS),
+), ok=("promoted", "reclaimed", "expired", "fired", "woken", "pruned"))
 
 HEARTBEAT_JOB_FIELDS = ("progress", "checkpoint", "usage", "attempt")
 
@@ -446,5 +449,7 @@ _EXTRA_CHECKS = {
 # The search, bulk and mirror ops are declared in their own module; importing it
 # here registers them in OPS with the rest.
 from . import ops_search  # noqa: E402,F401
+# Likewise queue management, worker / dead-letter listings and cron schedules.
+from . import ops_manage  # noqa: E402,F401
 
 WRITE_OPS = frozenset(name for name, op in OPS.items() if op.path == "write")

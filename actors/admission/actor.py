@@ -56,6 +56,8 @@ class AdmissionActor(PumpActor):
             "raft": socket(ctx, zmq.PUSH, connect=cfg.endpoint("raft")),
             "gateway": socket(ctx, zmq.PUSH, connect=cfg.endpoint("gateway")),
             "lifecycle": socket(ctx, zmq.PUSH, connect=cfg.endpoint("lifecycle")),
+            # refusals of the mirror's bulk ops (tags "mr"; see raft.core.origin_socket)
+            "mirror": socket(ctx, zmq.PUSH, connect=cfg.endpoint("mirror")),
         }
 
     def handle(self, inbox: Inbox) -> list:

@@ -1,8 +1,9 @@
 """The gateway actor process: the client-facing ROUTER socket.
 
 Sockets (all owned by the pump thread): `clients` ROUTER (tcp, the protocol
-endpoint), `in` PULL (results from raft and refusals from admission),
-`status` SUB (raft and supervisor reports), `admission` PUSH. LMDB is opened
+endpoint), `in` PULL (results from raft, refusals from admission, answers and
+status from the mirror), `status` SUB (raft and supervisor reports),
+`admission` PUSH, `mirror` PUSH (search and bulk requests). LMDB is opened
 read-only for point reads, and reopened if the writer replaces it.
 
 On SIGTERM it stops reading client requests, answers what is in flight (up
@@ -91,6 +92,7 @@ class GatewayActor(PumpActor):
             "status": socket(ctx, zmq.SUB, subscribe=True,
                              connect=[cfg.endpoint("raft-status"), cfg.endpoint("supervisor")]),
             "admission": socket(ctx, zmq.PUSH, connect=cfg.endpoint("admission")),
+            "mirror": socket(ctx, zmq.PUSH, connect=cfg.endpoint("mirror")),
         }
 
     def handle(self, inbox: Inbox) -> list:
@@ -100,7 +102,7 @@ class GatewayActor(PumpActor):
                 core.on_request(frames, now)
             elif name == "in":
                 msg = codec.decode_trusted(frames[0])
-                if msg.get("k") == "admission_status":
+                if msg.get("k") in ("admission_status", "mirror_status"):
                     core.on_status(msg, now)
                 else:
                     core.on_applied(msg, now)
@@ -118,6 +120,8 @@ class GatewayActor(PumpActor):
         control = self.core.take_control()
         if control:
             out.append(("admission", [codec.encode({"k": "control", "items": control})]))
+        for request in self.core.take_mirror():
+            out.append(("mirror", [codec.encode(request)]))
         return out
 
     def begin_stop(self) -> list:

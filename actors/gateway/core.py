@@ -13,7 +13,11 @@ It owns:
   polling loop), or answered with an empty list when `wait_ms` runs out;
 - time-outs: a write whose outcome has not come back within the write
   time-out is answered UNAVAILABLE ("outcome unknown, retry with the same
-  request_id"), so no client hangs on a restarting actor.
+  request_id"), so no client hangs on a restarting actor;
+- mirror ops (search_jobs, bulk, bulk_status, rebuild_mirror): forwarded to
+  the mirror actor with a tag, answered when its result comes back on the
+  same path as raft's; refused at once (UNAVAILABLE) while the mirror has
+  not reported for a while.
 
 Pure: no sockets, no clock (`now` is passed in, in seconds), ids come from an
 injected generator.
@@ -29,6 +33,10 @@ from jobbie.transport.errors import InvalidArgument, JobbieError, NotFound
 
 GW = "gw"
 log = logging.getLogger("jobbie.gateway")
+#: How long a mirror op may take before it is answered UNAVAILABLE / timeout (seconds).
+MIRROR_TIMEOUT_S = {"search_jobs": 10.0, "bulk_status": 10.0, "bulk": 120.0, "rebuild_mirror": 600.0}
+#: The mirror reports every 0.5 s; after this long without a report its ops are refused at once.
+MIRROR_STALE_S = 3.0
 
 
 class Pending:
@@ -63,6 +71,8 @@ class GatewayCore:
         self.replies: list = []  # [ident, (b""), bytes]
         self.ops_out: list = []  # [client, size, tag, op bytes]
         self.control_out: list = []  # [tag, op name, args] for the raft actor
+        self.mirror_out: list = []  # {"k": "search", "tag", "op", "args"} for the mirror actor
+        self.mirror_status: dict = {}
         self.raft_status: dict = {}
         self.admission_status: dict = {}
         self.actors: list = []
@@ -77,6 +87,10 @@ class GatewayCore:
     def take_control(self):
         control, self.control_out = self.control_out, []
         return control
+
+    def take_mirror(self):
+        out, self.mirror_out = self.mirror_out, []
+        return out
 
     def reply(self, ident, envelope, req_id, body_key, body):
         frame = codec.encode({"id": req_id, body_key: body})
@@ -155,6 +169,8 @@ class GatewayCore:
             self.pending[self.seq] = p
             heapq.heappush(self.deadlines, (p.deadline, self.seq))
             self.control_out.append([tag, op.name, args])
+        elif op.path == "mirror":
+            self.to_mirror(ident, envelope, req_id, op.name, args, client, now)
         else:
             p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s)
             if op.name == "fetch":
@@ -162,6 +178,21 @@ class GatewayCore:
                 p.wait_until = now + args["wait_ms"] / 1000.0
                 p.deadline = p.wait_until + self.write_timeout_s
             self.submit(p, args, now)
+
+    def to_mirror(self, ident, envelope, req_id, name, args, client, now):
+        seen = self.mirror_status.get("seen_at")
+        if seen is None or now - seen > MIRROR_STALE_S:
+            self.reply(ident, envelope, req_id, "err", {
+                "code": "UNAVAILABLE", "reason": "mirror_unavailable", "retry_after_ms": 500,
+                "message": "the mirror actor (search and bulk) has not reported recently; it may be starting "
+                           "or restarting, retry shortly"})
+            return
+        self.seq += 1
+        tag = [GW, self.incarnation, self.seq]
+        p = Pending(ident, envelope, req_id, name, client, now + MIRROR_TIMEOUT_S.get(name, 10.0))
+        self.pending[self.seq] = p
+        heapq.heappush(self.deadlines, (p.deadline, self.seq))
+        self.mirror_out.append({"k": "search", "tag": tag, "op": name, "args": args})
 
     def submit(self, p: Pending, args: dict, now: float):
         self.seq += 1
@@ -279,6 +310,8 @@ class GatewayCore:
             self.actors = msg["actors"]
         elif msg.get("k") == "admission_status":
             self.admission_status = msg
+        elif msg.get("k") == "mirror_status":
+            self.mirror_status = dict(msg, seen_at=now)
 
     def cluster_status(self, now: float) -> dict:
         raft = self.raft_status
@@ -306,6 +339,15 @@ class GatewayCore:
                               if k not in ("k", "queue_wait_ms", "entry_commit_ms", "entry_ops")},
             },
         }
+        out["mirror"] = self.mirror_report(now)
         if not fresh:
             out["warning"] = "no recent report from the raft actor (starting or restarting)"
         return out
+
+    def mirror_report(self, now: float) -> dict | None:
+        m = self.mirror_status
+        if not m:
+            return None
+        report = {k: v for k, v in m.items() if k not in ("k", "seen_at")}
+        report["stale"] = now - m["seen_at"] > MIRROR_STALE_S
+        return report

@@ -29,7 +29,8 @@ class LifecycleActor(PumpActor):
         super().__init__(ctx)
         self.config = config
         self.tick_s = config.lifecycle_interval_ms / 1000.0
-        self.core = LifecycleCore(time.time_ns() & 0x7FFFFFFFFFFF)
+        self.core = LifecycleCore(time.time_ns() & 0x7FFFFFFFFFFF,
+                                  completed_retention_ms=config.completed_retention_ms)
         self.path = config.lmdb_path
         self.store = None
         self.lmdb_id = None
@@ -49,7 +50,7 @@ class LifecycleActor(PumpActor):
                     return None
                 self.store = Store(self.path, readonly=True)
             with self.store.begin() as txn:
-                return reads.next_deadline(txn, self.store.dbs, DEDUPE_TTL_MS)
+                return reads.next_deadline(txn, self.store.dbs, DEDUPE_TTL_MS, self.core.completed_retention_ms)
         except lmdb.Error as exc:
             # Not created yet, or replaced under us: open it afresh next time.
             log.warning("cannot read the store yet: %s", exc)

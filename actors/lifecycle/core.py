@@ -2,7 +2,8 @@
 
 The state machine never reads a clock, so something must tell it that time
 has passed. The lifecycle actor looks at the heads of LMDB's time indexes
-(due jobs, lease expiries, TTLs, old dedupe records); when the earliest one
+(due jobs, lease expiries, TTLs, old dedupe records, cron schedules, finished
+jobs past the retention, throttle windows that reopen); when the earliest one
 is due by this node's clock, it proposes one `tick` op through admission like
 any client would. The apply does the work, deterministically, at the state
 clock. Nothing is proposed while nothing is due, so an idle node writes no
@@ -10,7 +11,10 @@ log entries.
 
 Only the node whose raft actor reports `leader` proposes ticks, one at a
 time; a tick that comes back full (it hit its `limit`) is followed at once by
-another. Pure: the shell passes `now` (seconds) and the earliest deadline.
+another. The completed-job retention is this node's configuration, so the
+lifecycle writes it into each tick: the rule then travels in the raft log and
+every node prunes the same jobs. Pure: the shell passes `now` (seconds) and
+the earliest deadline.
 """
 from __future__ import annotations
 
@@ -18,11 +22,16 @@ from jobbie.transport import codec
 
 LC = "lc"
 TICK_LIMIT = 1000
+#: Counts of a tick result that stop at TICK_LIMIT (a full one: tick again at once).
+FULL_COUNTS = ("promoted", "reclaimed", "expired", "fired", "pruned")
 
 
 class LifecycleCore:
-    def __init__(self, incarnation: int, tick_timeout_s: float = 3.0, status_stale_s: float = 2.0):
+    def __init__(self, incarnation: int, tick_timeout_s: float = 3.0, status_stale_s: float = 2.0,
+                 completed_retention_ms: int | None = None):
         self.incarnation = incarnation
+        #: None or 0: finished jobs are kept.
+        self.completed_retention_ms = completed_retention_ms or None
         self.tick_timeout_s = tick_timeout_s
         self.status_stale_s = status_stale_s
         self.leader = False
@@ -56,7 +65,10 @@ class LifecycleCore:
         self.in_flight_since = now
         self.ticks += 1
         tag = [LC, self.incarnation, self.seq]
-        return tag, codec.encode({"op": "tick", "args": {"limit": TICK_LIMIT}, "now": now_ms, "tag": tag})
+        args = {"limit": TICK_LIMIT}
+        if self.completed_retention_ms:
+            args["completed_retention_ms"] = self.completed_retention_ms
+        return tag, codec.encode({"op": "tick", "args": args, "now": now_ms, "tag": tag})
 
     def on_applied(self, msg: dict):
         for tag, result in msg.get("items") or ():
@@ -64,5 +76,5 @@ class LifecycleCore:
                 continue
             self.in_flight_since = None
             ok = result.get("ok")
-            if ok and max(ok.get("promoted", 0), ok.get("reclaimed", 0), ok.get("expired", 0)) >= TICK_LIMIT:
+            if ok and max(ok.get(k, 0) for k in FULL_COUNTS) >= TICK_LIMIT:
                 self.again = True

@@ -39,6 +39,9 @@ log = logging.getLogger("jobbie.raft")
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 EXIT_STORAGE_FAULT = 70
 EXIT_CANNOT_START = 78
+#: Change-feed frames queued for a mirror that is away or slow; beyond this they are dropped
+#: and the mirror repairs the gap from LMDB when it is back.
+MIRROR_FEED_HWM = 2000
 #: Journal entries between snapshots. Each entry holds a batch of ops, so this
 #: is tens of thousands of jobs; the first snapshot comes only after this many
 #: entries, never on an empty state.
@@ -93,6 +96,10 @@ class JobbieRaft(SyncObj):
         self.apply_ms = Window(1024)  # per entry: the LMDB transaction of apply_entry
         with store.begin() as txn:
             self._applied = applied_index(txn, store.dbs)
+        # Index of the last change-feed frame sent to the mirror; a fresh process (or a new
+        # LMDB) starts the chain at the applied index LMDB holds.
+        self._changes_last = self._applied
+        self._feed_dropped = 0
         self.lmdb_id = _file_id(config.lmdb_path)
         self._synced_fd = None
         self.snapshotter = Snapshotter(config.raft_dir, config.lmdb_path, self)
@@ -112,6 +119,7 @@ class JobbieRaft(SyncObj):
     def reopened(self, store: Store, applied: int):
         self._store = store
         self._applied = applied
+        self._changes_last = applied
         self.lmdb_id = _file_id(self._config.lmdb_path)
 
     # pysyncobj commits a single node's entry only on the tick after it was
@@ -126,8 +134,20 @@ class JobbieRaft(SyncObj):
             sockets = self._local.sockets = {}
         s = sockets.get(name)
         if s is None:
-            s = sockets[name] = socket(self._ctx, zmq.PUSH, connect=self._config.endpoint(name))
+            hwm = MIRROR_FEED_HWM if name == "mirror" else 100_000
+            s = sockets[name] = socket(self._ctx, zmq.PUSH, connect=self._config.endpoint(name), hwm=hwm)
         return s
+
+    def _feed_mirror(self, index: int, jobs: list):
+        """Tell the mirror which jobs this entry changed. Never blocks: a mirror that is away or
+        full loses the frame, and repairs the gap from LMDB by the `prev` chain."""
+        prev, self._changes_last = self._changes_last, index
+        try:
+            self._socket("mirror").send(codec.encode(core.changes_frame(index, prev, jobs)), zmq.NOBLOCK)
+        except zmq.Again:
+            self._feed_dropped += 1
+            if self._feed_dropped % 1000 == 1:
+                log.warning("mirror change feed: %d frames dropped (mirror away or behind)", self._feed_dropped)
 
     def _send(self, frames):
         for dest, message in frames:
@@ -158,6 +178,8 @@ class JobbieRaft(SyncObj):
         self.apply_ms.record((time.perf_counter() - started) * 1000)
         if self._config.durable:
             self._flush_journal()
+        if changes.jobs:
+            self._feed_mirror(index, changes.jobs)  # before the results, so a search after the answer sees it
         self._send(core.route(entry, index, results, changes))
         return None
 
@@ -201,6 +223,8 @@ class JobbieRaft(SyncObj):
             "snapshot": self.snapshotter.last,
             "journal_entries": self._getRaftLogSize(),
             "lmdb_id": self.lmdb_id,
+            # Read after applied_index: every frame of an entry up to that index is at most this.
+            "changes_index": self._changes_last,
         }
 
 

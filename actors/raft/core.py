@@ -6,7 +6,9 @@ result. After an apply, `route` splits the results by origin: every node's
 gateway gets the gateway results (a follower's gateway simply ignores tags it
 did not issue) together with the queues that gained pending jobs, which wake
 its parked long-polls; lifecycle results go to the lifecycle; admission is
-told the entry is done so it can free the in-flight slot.
+told the entry is done so it can free the in-flight slot; bulk results
+(origin "mr") go to the mirror, which also gets `changes_frame` after every
+entry that changed jobs.
 """
 from __future__ import annotations
 
@@ -49,7 +51,16 @@ def failed(tags: list, entry_id, reason: str) -> list[tuple[str, dict]]:
 
 
 def origin_socket(origin: str) -> str:
-    return {"gw": "gateway", "lc": "lifecycle"}.get(origin, "gateway")
+    return {"gw": "gateway", "lc": "lifecycle", "mr": "mirror"}.get(origin, "gateway")
+
+
+def changes_frame(index: int, prev: int | None, jobs: list) -> dict:
+    """The mirror's change feed: which jobs entry `index` changed (ids only; the mirror reads LMDB).
+
+    `prev` is the index of the previous such frame this raft process sent (for its first one,
+    the LMDB applied index it started from), so the mirror can tell when frames went missing.
+    """
+    return {"k": "changes", "index": index, "prev": prev, "jobs": list(dict.fromkeys(jobs))}
 
 
 def decode_entry(data: bytes) -> dict:

@@ -146,11 +146,27 @@ def request(op, args, req_id=7) -> bytes:
     return pack({"id": req_id, "op": op, "args": args})
 
 
+#: Valid values for required args whose kind alone does not say what is valid.
+NAMED_VALUES = {"cron": "* * * * *", "timezone": "UTC", "address": "127.0.0.1:8704", "confirm": True}
+
+
+def valid_value(arg):
+    if arg.name in NAMED_VALUES:
+        return NAMED_VALUES[arg.name]
+    if arg.kind == "struct":
+        return {f.name: valid_value(f) for f in arg.fields if f.required}
+    if arg.choices:
+        return arg.choices[0]
+    values = {"queue": PROBE_QUEUE, "id": "job_probe", "queues": [PROBE_QUEUE], "any": {"x": 1},
+              "map": {}, "list": [{"queue": PROBE_QUEUE, "payload": 1}], "str": "probe", "bool": False,
+              "int": int(arg.low if arg.low is not None else 1), "float": float(arg.low or 0),
+              "str_map": {}, "raft_address": "127.0.0.1:8704"}
+    return values[arg.kind]
+
+
 def base_args(op_name: str) -> dict:
     """Valid values for the required args of a client op (validation alone must accept them)."""
-    values = {"queue": PROBE_QUEUE, "id": "job_probe", "queues": [PROBE_QUEUE], "any": {"x": 1},
-              "map": {}, "list": [{"queue": PROBE_QUEUE, "payload": 1}]}
-    return {a.name: values[a.kind] for a in OPS[op_name].args if a.required}
+    return {a.name: valid_value(a) for a in OPS[op_name].args if a.required}
 
 
 def with_value(op_name: str, path: tuple, value) -> dict:

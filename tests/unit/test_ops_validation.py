@@ -37,6 +37,23 @@ VALID = {
     "cluster_status": {},
     "cluster_add": {"address": "127.0.0.1:8704"},
     "cluster_remove": {"address": "127.0.0.1:8704"},
+    "search_jobs": {},
+    "bulk": {"job_ids": ["job_1"], "action": "retry"},
+    "bulk_status": {"bulk_id": "blk_1"},
+    "rebuild_mirror": {},
+    "move_job": {"job_id": "job_1", "queue": "q2"},
+    "set_priority": {"job_id": "job_1", "priority": "high"},
+    "clear_queue": {"queue": "q"},
+    "drain_queue": {"queue": "q"},
+    "delete_queue": {"queue": "q", "confirm": True},
+    "set_concurrency": {"queue": "q"},
+    "set_throttle": {"queue": "q", "rate": 10, "period_ms": 1000},
+    "remove_throttle": {"queue": "q"},
+    "list_workers": {},
+    "list_dead": {},
+    "create_schedule": {"name": "nightly", "queue": "q", "cron": "0 3 * * *"},
+    "list_schedules": {},
+    "delete_schedule": {"name": "nightly"},
 }
 
 BAD_QUEUE_NAMES = [
