@@ -35,10 +35,16 @@ class NodeConfig:
     lifecycle_interval_ms: int = 50
     #: Lifecycle: delete completed and cancelled jobs this long after they finished (0: keep them).
     completed_retention_ms: int = 7 * 86_400_000
+    #: Run the mirror actor (SQLite view: search, bulk). Off: those ops answer UNAVAILABLE.
+    mirror: bool = True
     #: Raft entries between snapshots (log compaction); >= 100.
     snapshot_every_entries: int = 20_000
     #: Shared secret for raft peer traffic (pysyncobj encryption); required off loopback.
     raft_password: str = ""
+
+    def actors(self) -> tuple:
+        """The actor processes this node runs, in start order."""
+        return tuple(a for a in ACTORS if a != "mirror" or self.mirror)
 
     def endpoint(self, name: str) -> str:
         """IPC endpoint of an actor's inbound socket (e.g. `mirror`: change feed, bulk results,

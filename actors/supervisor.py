@@ -98,7 +98,7 @@ class Supervisor:
         self.config = config
         self.bootstrap = bootstrap
         self.rejoin = rejoin
-        self.children = {name: Child(name) for name in ACTORS}
+        self.children = {name: Child(name) for name in config.actors()}
         self.stopping = False
         self.lock_file = None
         self.exit_code = EXIT_GAVE_UP
@@ -211,7 +211,9 @@ class Supervisor:
 
     def stop_all(self):
         for name in STOP_ORDER:
-            child = self.children[name]
+            child = self.children.get(name)
+            if child is None:
+                continue
             if not child.alive:
                 continue
             child.proc.send_signal(signal.SIGTERM)
@@ -235,7 +237,7 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        for name in ACTORS:
+        for name in self.children:
             self.spawn(self.children[name])
         cfg = self.config
         print(f"jobbie: node {cfg.node_id} serving {cfg.bind} (data {os.path.abspath(cfg.data_dir)}, "

@@ -49,7 +49,9 @@ def prefill(endpoint: str, jobs: int, queue: str = S.QUEUE):
 
 
 class Bench:
-    def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress):
+    def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress,
+                 mirror: bool = True):
+        self.mirror = mirror
         self.duration = duration
         self.repeats = repeats
         self.durable = durable
@@ -69,11 +71,11 @@ class Bench:
                 def __exit__(s, *exc):
                     return None
             return External()
-        return jobbie_node(durable=self.durable)
+        return jobbie_node(durable=self.durable, mirror=self.mirror)
 
     def record(self, scenario: str, concurrency: int, repeat: int, result: dict, **extra):
         rec = {"scenario": scenario, "concurrency": concurrency, "repeat": repeat, **result, **extra,
-               "durable": self.durable, "duration_s": self.duration, **self.meta,
+               "durable": self.durable, "mirror": self.mirror, "duration_s": self.duration, **self.meta,
                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.records.append(rec)
         errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
@@ -162,7 +164,7 @@ def markdown(rows: list[dict]) -> str:
 def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", duration: float = 5.0,
          repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
          server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
-         markdown_out: str | None = None):
+         markdown_out: str | None = None, mirror: bool = True):
     """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
 
     Args:
@@ -173,6 +175,7 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
       batch_size: Jobs per enqueue_batch frame (scenario batch).
       work_ms: Simulated work between fetch and ack (lifecycle, mixed).
       durable: Start the node with --durable.
+      mirror: Start the node with its mirror actor (false: --mirror=false), to measure the mirror's cost.
       server: Use this running node instead of starting a fresh one per run (results then accumulate state).
       ceiling: Also measure the bare ZeroMQ ROUTER echo at each concurrency, for the ratio.
       output: text or json (JSON lines of every run, then the medians).
@@ -183,7 +186,7 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
     levels = [int(c) for c in str(concurrency).split(",") if str(c).strip()]
     quiet = output == "json"
     bench = Bench(float(duration), int(repeats), bool(durable), server,
-                  progress=(lambda line: print(line, file=sys.stderr, flush=True)))
+                  progress=(lambda line: print(line, file=sys.stderr, flush=True)), mirror=bool(mirror))
     total = len(levels) * int(repeats)
     for repeat in range(int(repeats)):
         for c in levels:

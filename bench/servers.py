@@ -52,13 +52,15 @@ class Spawned:
         self.stop()
 
 
-def jobbie_node(durable: bool = False, timeout: float = 30.0) -> Spawned:
+def jobbie_node(durable: bool = False, mirror: bool = True, timeout: float = 30.0) -> Spawned:
     data_dir = tempfile.mkdtemp(prefix="jobbie-bench-")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "jobbie.cli.main", "server", "--data-dir", os.path.join(data_dir, "node"),
             "--bind", endpoint]
     if durable:
         argv.append("--durable")
+    if not mirror:
+        argv.append("--mirror=false")
     node = Spawned(argv, endpoint, cleanup_dir=data_dir)
     wait_ready(node, timeout)
     return node

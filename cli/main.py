@@ -49,7 +49,7 @@ class Cli(ManageCommands, SearchCommands):
     def server(self, data_dir: str = "./jobbie-data", bind: str = "tcp://127.0.0.1:7700", durable: bool = False,
                node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024,
                inflight_max: int = 50_000, inflight_per_client_max: int = 10_000, snapshot_every: int = 20_000,
-               raft_password: str = None, bootstrap: bool = False, rejoin: bool = False,
+               raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
                completed_retention_ms: int = 7 * 86_400_000):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
@@ -68,6 +68,8 @@ class Cli(ManageCommands, SearchCommands):
           snapshot_every: Raft entries between snapshots (log compaction; each entry is a batch of ops).
           raft_password: Shared secret encrypting raft traffic between nodes (default $JOBBIE_RAFT_PASSWORD);
             required when raft addresses are not loopback. Needs `pip install cryptography`.
+          mirror: Run the mirror actor (SQLite view for search and bulk); --mirror=false saves its CPU,
+            and search/bulk then answer UNAVAILABLE.
           bootstrap: First start of a new cluster on an empty data dir (with --peers).
           rejoin: This node lost its data dir; start empty and catch up from the leader (with --peers).
           completed_retention_ms: Delete completed and cancelled jobs this long after they finished
@@ -82,7 +84,8 @@ class Cli(ManageCommands, SearchCommands):
                             inflight_max=int(inflight_max), inflight_per_client_max=int(inflight_per_client_max),
                             snapshot_every_entries=max(100, int(snapshot_every)),
                             completed_retention_ms=max(0, int(completed_retention_ms)),
-                            raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""))
+                            raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
+                            mirror=_flag(mirror))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay_ms: int = None,
@@ -136,7 +139,7 @@ class Cli(ManageCommands, SearchCommands):
     def bench(self, scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", duration: float = 5.0,
               repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
               server: str = None, ceiling: bool = True, output: str = "text", json_out: str = None,
-              markdown_out: str = None):
+              markdown_out: str = None, mirror: bool = True):
         """Load-test a node over the wire protocol (closed loop); medians of repeated runs, with the ZeroMQ ceiling.
 
         Starts a fresh node (and a bare ROUTER echo for the ceiling) per run unless --server is given.
@@ -146,7 +149,8 @@ class Cli(ManageCommands, SearchCommands):
 
         bench_main(scenarios=scenarios, concurrency=concurrency, duration=duration, repeats=repeats,
                    batch_size=batch_size, work_ms=work_ms, durable=_flag(durable), server=server,
-                   ceiling=_flag(ceiling), output=output, json_out=json_out, markdown_out=markdown_out)
+                   ceiling=_flag(ceiling), output=output, json_out=json_out, markdown_out=markdown_out,
+                   mirror=_flag(mirror))
 
     def status(self, server: str = None, output: str = "text"):
         """Show the node: raft role, indexes, durability mode, actor processes."""

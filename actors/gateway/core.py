@@ -55,8 +55,9 @@ class Pending:
 
 class GatewayCore:
     def __init__(self, node_id: str, incarnation: int, ids, reader, limits: opsdef.Limits = opsdef.Limits(),
-                 write_timeout_s: float = 5.0, durable: bool = False):
+                 write_timeout_s: float = 5.0, durable: bool = False, mirror: bool = True):
         self.node_id = node_id
+        self.mirror_enabled = mirror
         self.durable = durable
         self.incarnation = incarnation
         self.ids = ids
@@ -180,6 +181,12 @@ class GatewayCore:
             self.submit(p, args, now)
 
     def to_mirror(self, ident, envelope, req_id, name, args, client, now):
+        if not self.mirror_enabled:
+            self.reply(ident, envelope, req_id, "err", {
+                "code": "UNAVAILABLE", "reason": "mirror_disabled",
+                "message": f"{name} needs the mirror actor, which this node runs without (--mirror=false); "
+                           "ask a node that runs it"})
+            return
         seen = self.mirror_status.get("seen_at")
         if seen is None or now - seen > MIRROR_STALE_S:
             self.reply(ident, envelope, req_id, "err", {

@@ -178,7 +178,7 @@ class JobbieRaft(SyncObj):
         self.apply_ms.record((time.perf_counter() - started) * 1000)
         if self._config.durable:
             self._flush_journal()
-        if changes.jobs:
+        if changes.jobs and self._config.mirror:
             self._feed_mirror(index, changes.jobs)  # before the results, so a search after the answer sees it
         self._send(core.route(entry, index, results, changes))
         return None

@@ -371,3 +371,10 @@ def test_gateway_status_carries_the_pipeline_histograms():
     pipe = reply["ok"]["pipeline"]
     assert pipe["apply_ms"]["p99"] == 0.4 and pipe["queue_wait_ms"]["p50"] == 1.0
     assert pipe["admission"]["rejected"] == 2
+
+
+def test_gateway_without_a_mirror_refuses_search_at_once():
+    core = GatewayCore("n1", 42, FakeIds(), Reader(), write_timeout_s=5.0, mirror=False)
+    request(core, 1, "search_jobs", {"queue": "q"})
+    ((_, reply),) = replies(core)
+    assert reply["err"]["code"] == "UNAVAILABLE" and reply["err"]["reason"] == "mirror_disabled"
