@@ -4,8 +4,9 @@ Each node is a real `jobbie server` (supervisor + actor processes) with its
 own tmp data dir, a free client port and a free raft port; a node keeps its
 ports and data dir across restarts. Processes are ended by pid only: the
 supervisor's process group (it runs in its own session) and every actor pid
-that is verified, through /proc, to still be an actor of *this* node (its
-command line names the node's config file), so a recycled pid is never hit.
+that is verified, through /proc, to still be a process of *this* node (its
+stdout is one of the node's log files; actors rewrite their command line), so
+a recycled pid, or another cluster's process, is never hit.
 
 `digest(node)` reads a node's LMDB read-only while the node runs and hashes
 every key and value of every named database; the state machine is
@@ -26,7 +27,6 @@ import time
 
 import lmdb
 
-from jobbie.actors.config import pick_run_dir
 from jobbie.storage.env import Store
 from jobbie.storage.keys import DB_NAMES
 from jobbie.storage.machine import applied_index
@@ -56,10 +56,12 @@ def running(pid: int) -> bool:
     return state is not None and state != "Z"
 
 
-def cmdline(pid: int) -> str:
+def stdout_of(pid: int) -> str:
+    """Where `pid`'s stdout goes. Actor processes rewrite their command line (setproctitle), but
+    their stdout stays the node's log file, which names the node's data dir: that is how a pid is
+    told to be ours."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
+        return os.readlink(f"/proc/{pid}/fd/1")
     except OSError:
         return ""
 
@@ -69,16 +71,18 @@ class ClusterNode(Node):
     """One voter: `jobbie server --node-id ... --raft-bind ... --peers ...` on fixed ports."""
 
     def __init__(self, data_dir: str, node_id: str, raft_port: int, peer_ports: list[int], extra_args=()):
-        super().__init__(data_dir, extra_args)
+        super().__init__(os.path.abspath(str(data_dir)), extra_args)
         self.node_id = node_id
         self.raft_port = raft_port
         self.raft_addr = f"127.0.0.1:{raft_port}"
         self.peer_addrs = [f"127.0.0.1:{p}" for p in peer_ports]
-        self.config_path = os.path.join(pick_run_dir(self.data_dir), "node.msgpack")
         self._probe: Client | None = None
         self._log = None
         self.starts = 0
         self.last_status: dict | None = None
+        self.killed_at: float | None = None
+        #: Every supervisor and actor pid this node ever had (for the no-leftover check at teardown).
+        self.seen_pids: set[int] = set()
 
     # ---------------------------------------------------------------- paths
     @property
@@ -96,9 +100,11 @@ class ClusterNode(Node):
     def log_file(self, actor: str = "raft") -> str:
         return os.path.join(self.data_dir, "logs", f"{actor}.log")
 
-    def read_log(self, actor: str = "raft") -> str:
+    def read_log(self, actor: str = "raft", offset: int = 0) -> str:
+        """The actor's log from byte `offset` on (see `log_size`)."""
         try:
             with open(self.log_file(actor), "rb") as f:
+                f.seek(offset)
                 return f.read().decode(errors="replace")
         except OSError:
             return ""
@@ -130,6 +136,7 @@ class ClusterNode(Node):
             stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, start_new_session=True)
         self.starts += 1
         self.last_status = None
+        self.seen_pids.add(self.proc.pid)
         if wait:
             self.wait_up()
         return self
@@ -144,6 +151,19 @@ class ClusterNode(Node):
         if self._probe is None:
             self._probe = Client(self.endpoint, timeout=0.5, retry_for=0)
         return self._probe
+
+    def remember(self, status):
+        super().remember(status)
+        self.seen_pids.update(a["pid"] for a in status.get("actors", []) if a.get("pid"))
+
+    def leftovers(self) -> list[int]:
+        """Pids this node ever had that still run as this node's processes (should be none after a stop)."""
+        return sorted(p for p in self.seen_pids if running(p) and self.owns(p))
+
+    def owns(self, pid: int) -> bool:
+        """True if `pid` is this node's supervisor or one of its actors (judged by where its stdout goes)."""
+        out = stdout_of(pid)
+        return out == self.log_path or out.startswith(os.path.join(self.data_dir, "logs") + os.sep)
 
     def try_status(self) -> dict | None:
         """cluster_status, or None if the node does not answer or its raft report is stale."""
@@ -180,8 +200,10 @@ class ClusterNode(Node):
         """Actor pids (current children and ones seen in cluster_status) still running as this node's actors."""
         pids = set(self.known_pids)
         if self.alive:
-            pids.update(child_pids(self.proc.pid, "jobbie.actors.launch"))
-        return {p for p in pids if running(p) and self.config_path in cmdline(p) and "jobbie.actors.launch" in cmdline(p)}
+            pids.update(child_pids(self.proc.pid))
+        mine = {p for p in pids if running(p) and self.owns(p) and (not self.alive or p != self.proc.pid)}
+        self.seen_pids |= mine
+        return mine
 
     def kill9(self):
         """SIGKILL the supervisor's process group and every actor process of this node; wait until all are gone."""
@@ -193,6 +215,7 @@ class ClusterNode(Node):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.killed_at = time.monotonic()
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -205,15 +228,16 @@ class ClusterNode(Node):
                  message=f"the processes of {self.node_id} to be gone")
         self.known_pids.clear()
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 30.0, signalled: bool = False) -> int | None:
         """SIGTERM the supervisor (it stops its actors in order); wait for every actor to be gone."""
         if not self.alive:
             self._close_log()
             return self.proc.returncode if self.proc else None
-        if self.alive:
+        if not signalled:
             self.try_status()
         pids = self.own_pids()
-        self.proc.send_signal(signal.SIGTERM)
+        if not signalled:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=timeout)
         finally:
@@ -292,9 +316,15 @@ class Cluster:
         return self.wait_leader(timeout=timeout)
 
     def stop(self):
+        signalled = set()
+        for node in self.nodes:  # SIGTERM to every node first, so they stop side by side
+            if node.alive:
+                node.own_pids()
+                node.proc.send_signal(signal.SIGTERM)
+                signalled.add(node.node_id)
         for node in self.nodes:
             try:
-                node.stop(timeout=20)
+                node.stop(timeout=20, signalled=node.node_id in signalled)
             except Exception:  # noqa: BLE001 - teardown goes on; kill_everything follows
                 pass
         for c in self._clients:
@@ -309,6 +339,18 @@ class Cluster:
         if wait:
             node.wait_up()
         return node
+
+    def describe(self, lines: int = 12) -> str:
+        """Each node's status and the tails of its logs, for a failing test's report."""
+        out = []
+        for n in self.nodes:
+            status = n.try_status() if n.alive else None
+            out.append(f"== {n!r} alive={n.alive} starts={n.starts} status={_brief(status or n.last_status)}")
+            for actor in ("raft", "admission", "gateway", "lifecycle", "mirror"):
+                tail = n.read_log(actor).splitlines()[-lines:]
+                out.extend(f"   {actor}: {line}" for line in tail)
+            out.extend(f"   supervisor: {line}" for line in n.supervisor_log().splitlines()[-lines:])
+        return "\n".join(out)
 
     # ----------------------------------------------------------------- leader
     def leader_view(self, nodes=None) -> ClusterNode | None:
@@ -445,9 +487,95 @@ def copy_lmdb(src: str, dest: str):
         store.close()
 
 
-def wait_gone(pids, timeout: float = 10.0):
-    wait_for(lambda: not any(running(p) for p in pids), timeout, interval=0.02, message=f"pids {pids} to exit")
+# ------------------------------------------------------------------- journal
+# pysyncobj 0.3.17 FileJournal: a 40-byte header whose last field (offset 36,
+# u32 little-endian) is the end of the last record; then records
+# size(4) idx(8) term(8) command(size-16) size(4). A command's first byte is
+# its type (0 = a replicated call: pickled (func_id, (entry_bytes,))).
+JOURNAL_HEADER = 40
+LAST_OFFSET_AT = 36
 
 
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000
+def journal_end(path: str) -> int:
+    with open(path, "rb") as f:
+        f.seek(LAST_OFFSET_AT)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def set_journal_end(path: str, offset: int):
+    with open(path, "r+b") as f:
+        f.seek(LAST_OFFSET_AT)
+        f.write(struct.pack("<I", offset))
+
+
+def journal_records(path: str, end: int | None = None):
+    """(record start, record end, idx, term, command) of every whole record before `end` (default: the header's)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    recorded = struct.unpack_from("<I", data, LAST_OFFSET_AT)[0]
+    end = min(recorded if end is None else end, len(data))
+    out = []
+    offset = JOURNAL_HEADER
+    while offset + 4 <= end:
+        size = struct.unpack_from("<I", data, offset)[0]
+        rec_end = offset + 4 + size + 4
+        if size < 16 or rec_end > end:
+            break
+        idx, term = struct.unpack_from("<QQ", data, offset + 4)
+        out.append((offset, rec_end, idx, term, bytes(data[offset + 20:offset + 4 + size])))
+        offset = rec_end
+    return out
+
+
+def journal_entry(command: bytes) -> dict | None:
+    """The jobbie batch inside a journal command, or None for pysyncobj's own (no-op) commands."""
+    import msgpack
+    import pysyncobj.pickle as ps_pickle
+
+    if not command or command[0] != 0:
+        return None
+    call = ps_pickle.loads(command[1:])
+    entry_bytes = call[1][0]
+    return msgpack.unpackb(entry_bytes, raw=False)
+
+
+def journal_job_ids(path: str, end: int | None = None) -> set[str]:
+    """Every job id that an op in the journal (up to `end`) carries."""
+    ids = set()
+    for _, _, _, _, command in journal_records(path, end):
+        entry = journal_entry(command)
+        for op in (entry or {}).get("ops") or ():
+            ids.update(op.get("ids") or ())
+    return ids
+
+
+def replay_digest(journal_path: str, upto_index: int, work_dir: str) -> tuple[int, str]:
+    """Apply the journal's jobbie entries up to `upto_index` to a fresh LMDB, as the raft actor does; digest it."""
+    from jobbie.actors.raft.core import decode_entry
+    from jobbie.storage.machine import apply_batch
+
+    path = os.path.join(work_dir, "replay-lmdb")
+    shutil.rmtree(path, ignore_errors=True)
+    store = Store(path)
+    try:
+        for _, _, idx, _, command in journal_records(journal_path):
+            if idx > upto_index or not command or command[0] != 0:
+                continue
+            try:
+                entry = decode_entry(journal_entry_bytes(command))
+            except Exception:  # noqa: BLE001 - the raft actor applies an undecodable entry as empty
+                entry = {"v": 1, "ops": []}
+            with store.begin(write=True) as txn:
+                apply_batch(store, txn, idx, entry["ops"])
+    finally:
+        store.close()
+    try:
+        return digest_path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def journal_entry_bytes(command: bytes) -> bytes:
+    import pysyncobj.pickle as ps_pickle
+
+    return ps_pickle.loads(command[1:])[1][0]
