@@ -584,3 +584,40 @@ def test_whole_cluster_kill9_and_restart_in_random_order_loses_nothing(make_clus
     leases.take(cluster.client())
     leases.check(cluster.nodes)
     cluster.wait_converged()
+
+
+@pytest.mark.timeout(180)
+def test_a_voter_is_added_and_removed_at_runtime_without_stopping_the_others(make_cluster):
+    from .cluster import ClusterNode, free_port
+
+    cluster = make_cluster()
+    cluster.start()
+    client = cluster.client()
+    before = [client.enqueue("members", i) for i in range(20)]
+    # Given a fourth node, announced to the cluster before it starts (pysyncobj's rule)
+    port = free_port()
+    n4 = ClusterNode(os.path.join(os.path.dirname(cluster.nodes[0].data_dir), "n4"), "n4", port,
+                     [int(n.raft_addr.rsplit(":", 1)[1]) for n in cluster.nodes])
+    cluster.nodes.append(n4)  # stopped with the others at teardown
+    assert client.call("cluster_add", address=n4.raft_addr) == {}
+    n4.start(rejoin=True)
+    n4.wait_up(60, need_leader=True)
+    # Then it catches up, the others keep serving, and every replica is identical
+    after = [client.enqueue("members", i) for i in range(20)]
+    cluster.wait_converged(timeout=60)
+    digests = {n.node_id: digest(n) for n in cluster.nodes}
+    assert len(set(digests.values())) == 1, digests
+    with Client(n4.endpoint, timeout=2.0, retry_for=10.0) as direct:
+        assert all(direct.get_job(j)["queue"] == "members" for j in before + after)
+    leader = cluster.wait_leader()
+    peers = {p["address"] for p in leader.probe().call("cluster_status")["peers"]}
+    assert n4.raft_addr in peers
+    # When it is removed again, the cluster goes on without it
+    assert client.call("cluster_remove", address=n4.raft_addr) == {}
+    wait_for(lambda: n4.raft_addr not in {p["address"] for p in
+                                          cluster.wait_leader().probe().call("cluster_status")["peers"]},
+             30, message="the leader to drop n4")
+    n4.stop()
+    cluster.nodes.remove(n4)
+    assert client.enqueue("members", "after-removal")
+    cluster.wait_converged(timeout=60)
