@@ -22,6 +22,8 @@ import hashlib
 
 from jobbie.transport.errors import check, error_result
 
+from jobbie.transport.ids import crockford32
+
 from . import cron
 from . import keys as K
 from .apply import Apply, _ok
@@ -30,23 +32,12 @@ from .apply import Apply, _ok
 JOB_OPTIONS = ("priority", "max_retries", "backoff", "expire_after_ms", "unique_key", "unique_period_ms", "tags",
                "hold", "hold_reason", "agent")
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def _b32(n: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        out.append(_ALPHABET[n & 31])
-        n >>= 5
-    return "".join(reversed(out))
-
-
 def schedule_job_id(name: str, fire_at: int) -> str:
     """The id of the job schedule `name` makes at `fire_at`: a ULID whose time is the fire time and whose
     other 80 bits are a hash of (name, fire time), so it sorts with other job ids and is the same on
     every node and every retry."""
     digest = hashlib.blake2b(f"{name}\x00{fire_at}".encode(), digest_size=10).digest()
-    return "job_" + _b32(fire_at, 10) + _b32(int.from_bytes(digest, "big"), 16)
+    return "job_" + crockford32(fire_at, 10) + crockford32(int.from_bytes(digest, "big"), 16)
 
 
 def _set_next(a: Apply, rec: dict, next_at: int | None):

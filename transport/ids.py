@@ -11,7 +11,8 @@ import time
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
-def _b32(n: int, length: int) -> str:
+def crockford32(n: int, length: int) -> str:
+    """`n` as `length` Crockford base32 digits (big-endian), as ULIDs spell it."""
     out = []
     for _ in range(length):
         out.append(_ALPHABET[n & 31])
@@ -35,7 +36,7 @@ class IdGenerator:
         else:
             rand = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment
         self._last_ms, self._last_rand = ms, rand
-        return _b32(ms, 10) + _b32(rand, 16)
+        return crockford32(ms, 10) + crockford32(rand, 16)
 
     def new(self, prefix: str) -> str:
         return f"{prefix}_{self.ulid()}"
