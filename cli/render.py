@@ -100,8 +100,9 @@ def cluster(s):
     if peers and isinstance(peers[0], dict):
         rows = [[p["address"], "yes" if p.get("connected") else "NO",
                  p.get("match_index") if p.get("match_index") is not None else "-",
-                 p.get("next_index") if p.get("next_index") is not None else "-"] for p in peers]
-        extra.append(table(rows, ["PEER", "CONNECTED", "MATCH INDEX", "NEXT INDEX"]))
+                 p.get("next_index") if p.get("next_index") is not None else "-",
+                 f"{p['last_contact_ms']} ms ago" if p.get("last_contact_ms") is not None else "-"] for p in peers]
+        extra.append(table(rows, ["PEER", "CONNECTED", "MATCH INDEX", "NEXT INDEX", "LAST CONTACT"]))
     elif not peers:
         extra.append("peers       none (single node)")
     return out + "\n" + "\n".join(extra)

@@ -107,8 +107,9 @@ OK_FIELD_DOCS = {
 OK_EXTRA = {
     "cluster_status": (
         ("raft_bind", "This node's raft address."),
-        ("peers", "The other voters: list of `{address, connected, match_index, next_index}` (the indexes "
-                  "are known on the leader only; nil elsewhere)."),
+        ("peers", "The other voters: list of `{address, connected, match_index, next_index, last_contact_ms}` "
+                  "(indexes and the time since the peer last answered are known on the leader only; nil "
+                  "elsewhere)."),
         ("snapshot", "The last snapshot: `{index, at, bytes, seconds}`, or nil before the first one."),
         ("journal_entries", "Raft journal entries kept since the last snapshot."),
         ("pipeline", "Write pipeline health: `queue_wait_ms` (per op, in admission), `apply_ms` (per raft entry), "

@@ -24,6 +24,7 @@ import time
 import lmdb
 import zmq
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as monotonic_time
 
 from jobbie.storage.env import Store
 from jobbie.storage.machine import apply_batch, applied_index
@@ -204,10 +205,15 @@ class JobbieRaft(SyncObj):
         peers = []
         if self.otherNodes:
             raw = self.getStatus()
+            # The leader's last answer from each peer (pysyncobj keeps it on the leader only).
+            responses = dict(getattr(self, "_SyncObj__lastResponseTime", {}) or {})
+            now = monotonic_time()
             for node in sorted(self.otherNodes, key=lambda n: n.id):
+                seen = responses.get(node)
                 peers.append({"address": node.id, "connected": self.isNodeConnected(node),
                               "match_index": raw.get("match_idx_server_" + node.id),
-                              "next_index": raw.get("next_node_idx_server_" + node.id)})
+                              "next_index": raw.get("next_node_idx_server_" + node.id),
+                              "last_contact_ms": int((now - seen) * 1000) if seen and self._isLeader() else None})
         return {
             "node_id": self._config.node_id,
             "role": "leader" if self._isLeader() else ("follower" if leader is not None else "candidate"),
