@@ -4,20 +4,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from jobbie.actors.supervisor import free_port
 from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Spawned:

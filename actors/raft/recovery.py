@@ -206,7 +206,12 @@ def unpack_snapshot(path: str, header: dict, lmdb_dir: str):
         shutil.copyfileobj(src, dst, 1 << 20)
         dst.flush()
         os.fsync(dst.fileno())
-    fd = os.open(lmdb_dir, os.O_RDONLY)
+    fsync_dir(lmdb_dir)
+
+
+def fsync_dir(path: str):
+    """Make a directory's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -90,7 +90,7 @@ class Snapshotter:
             os.unlink(self.private)  # a newer snapshot was installed meanwhile
             return SERIALIZER_STATE.FAILED
         os.replace(self.private, self.path)
-        _fsync_dir(os.path.dirname(self.path))
+        recovery.fsync_dir(os.path.dirname(self.path))
         self.last = {"index": index, "at": int(time.time() * 1000), "bytes": os.path.getsize(self.path),
                      "seconds": round(seconds, 3)}
         log.info("snapshot at index %d written (%d bytes, %.2fs)", index, self.last["bytes"], seconds)
@@ -125,18 +125,10 @@ class Snapshotter:
         self.holder.store.close()
         os.replace(self.lmdb_path, old)
         os.replace(fresh, self.lmdb_path)
-        _fsync_dir(os.path.dirname(self.lmdb_path))
+        recovery.fsync_dir(os.path.dirname(self.lmdb_path))
         store = Store(self.lmdb_path)
         with store.begin() as txn:
             applied = applied_index(txn, store.dbs)
         self.holder.reopened(store, applied)
         shutil.rmtree(old, ignore_errors=True)
         log.warning("installed snapshot at raft index %d (LMDB applied index now %d)", header["index"], applied)
-
-
-def _fsync_dir(path: str):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

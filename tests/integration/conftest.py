@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from jobbie.actors.supervisor import free_port  # noqa: F401 (re-exported for the tests)
 from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02, message: str = "condition"):
