@@ -7,9 +7,10 @@ frame, current LMDB file), `gateway` PUSH (answers and `mirror_status` every
 0.5 s), `admission` PUSH (bulk ops). LMDB is opened read-only, SQLite is
 `DATA_DIR/mirror.sqlite`.
 
-A turn takes everything waiting, then lets the core do one batch of changes,
-the requests, one chunk of a reconcile or rebuild and the next bulk chunk;
-while work is left the next turn follows at once instead of at the tick.
+A turn takes everything waiting, then lets the core do one batch of changes
+(once they have waited FLUSH_S, or at once when a search is waiting), the
+requests, one chunk of a reconcile or rebuild and the next bulk chunk; while
+work is left the next turn follows at once instead of at the tick.
 Nothing here is on the write path: raft sends without blocking, and a
 mirror that is down or slow only makes the mirror lag (then repair).
 """
@@ -24,7 +25,7 @@ import zmq
 from jobbie.transport import codec
 from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
-from .core import MirrorCore
+from .core import FLUSH_S, MirrorCore
 from .db import MirrorFiles
 from .source import JobSource
 
@@ -33,6 +34,8 @@ log = logging.getLogger("jobbie.mirror")
 #: How often the mirror reports to the gateway, and looks whether its file is still there.
 STATUS_EVERY_S = 0.5
 FILE_CHECK_EVERY_S = 1.0
+#: Niceness of the mirror process (the hot-path processes run at 0).
+NICE = 10
 
 
 class MirrorActor(PumpActor):
@@ -44,7 +47,7 @@ class MirrorActor(PumpActor):
         self.config = config
         self.files = MirrorFiles(config.mirror_path)
         self.source = JobSource(config.lmdb_path)
-        self.core = MirrorCore(self.files, self.source, time.time_ns() & 0x7FFFFFFFFFFF)
+        self.core = MirrorCore(self.files, self.source, time.time_ns() & 0x7FFFFFFFFFFF, flush_s=FLUSH_S)
         self.next_status = 0.0
         self.next_file_check = 0.0
 
@@ -87,8 +90,12 @@ class MirrorActor(PumpActor):
         if mono >= self.next_status:
             self.next_status = mono + STATUS_EVERY_S
             out.append(("gateway", [codec.encode({"k": "mirror_status", "pid": os.getpid(), **core.status()})]))
-        if core.busy():
+        if core.busy(now):
             self._next_tick = mono  # more to do: the next turn does not wait for the tick
+        else:
+            flush_at = core.flush_at()
+            if flush_at is not None:  # waiting frames: the turn that writes them comes when they are due
+                self._next_tick = min(self._next_tick, mono + max(0.0, flush_at - now))
         return out
 
     def on_stop(self):
@@ -101,4 +108,10 @@ class MirrorActor(PumpActor):
 
 
 def run(config) -> int:
+    # The mirror writes in bursts (a flush window's jobs at a time); below the hot path's priority
+    # those bursts wait for idle CPU instead of delaying the requests in flight.
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
     return serve_process(MirrorActor, zmq.Context(), config)

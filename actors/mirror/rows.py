@@ -55,9 +55,23 @@ def _key(key) -> str:
     return str(key)
 
 
+def _bytes_default(value):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise TypeError(type(value).__name__)
+
+
 def payload_json(payload) -> str:
-    """The payload as compact JSON text (see the module docstring for non-JSON values)."""
-    return json.dumps(_jsonable(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """The payload as compact JSON text (see the module docstring for non-JSON values).
+
+    Most payloads are plain JSON values (bytes values at most): json encodes those in one C pass.
+    A NaN or a bin map key makes it refuse, and the payload is then converted value by value.
+    """
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=_bytes_default)
+    except (ValueError, TypeError):
+        return json.dumps(_jsonable(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def rev(raw: bytes) -> int:

@@ -179,9 +179,11 @@ class JobbieRaft(SyncObj):
         self.apply_ms.record((time.perf_counter() - started) * 1000)
         if self._config.durable:
             self._flush_journal()
-        if changes.jobs and self._config.mirror:
-            self._feed_mirror(index, changes.jobs)  # before the results, so a search after the answer sees it
         self._send(core.route(entry, index, results, changes))
+        if changes.jobs and self._config.mirror:
+            # After the results, off their path. It still normally reaches the mirror before a
+            # search sent after the answer, which crosses client, gateway and mirror first.
+            self._feed_mirror(index, changes.jobs)
         return None
 
     def _flush_journal(self):
