@@ -1,16 +1,17 @@
 """The mirror actor process: a thin shell around MirrorCore.
 
-Sockets (all owned by the pump thread): `in` PULL (change frames and bulk
-results from raft, bulk refusals from admission, search and bulk requests
-from the gateway), `status` SUB (raft's reports: applied index, last change
+Sockets (all owned by the pump thread): `in` PULL (bulk results from raft,
+bulk refusals from admission, search and bulk requests from the gateway),
+`feed` PULL (raft's change frames; not polled, taken in every FLUSH_S and
+before each search), `status` SUB (raft's reports: applied index, last change
 frame, current LMDB file), `gateway` PUSH (answers and `mirror_status` every
 0.5 s), `admission` PUSH (bulk ops). LMDB is opened read-only, SQLite is
 `DATA_DIR/mirror.sqlite`.
 
-A turn takes everything waiting, then lets the core do one batch of changes
-(once they have waited FLUSH_S, or at once when a search is waiting), the
-requests, one chunk of a reconcile or rebuild and the next bulk chunk; while
-work is left the next turn follows at once instead of at the tick.
+A turn takes everything waiting (and the change feed, when it is due or a
+search waits), then lets the core do one batch of changes, the requests, one
+chunk of a reconcile or rebuild and the next bulk chunk; while work is left
+the next turn follows at once instead of at the tick.
 Nothing here is on the write path: raft sends without blocking, and a
 mirror that is down or slow only makes the mirror lag (then repair).
 """
@@ -25,7 +26,7 @@ import zmq
 from jobbie.transport import codec
 from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
-from .core import FLUSH_S, MirrorCore
+from .core import MirrorCore
 from .db import MirrorFiles
 from .source import JobSource
 
@@ -36,6 +37,13 @@ STATUS_EVERY_S = 0.5
 FILE_CHECK_EVERY_S = 1.0
 #: Niceness of the mirror process (the hot-path processes run at 0).
 NICE = 10
+#: How often the change feed is taken in. Frames wait in their socket meanwhile, so the
+#: process wakes ~10 times a second under load, not once per raft entry, and a job changed
+#: several times within the window (enqueue, fetch, ack) is read and written once, in one
+#: SQLite transaction with everything else of the window. A search takes the feed in first.
+FLUSH_S = 0.1
+#: Change frames taken from the feed socket in one turn at most.
+FEED_DRAIN_MAX = 20_000
 
 
 class MirrorActor(PumpActor):
@@ -47,15 +55,18 @@ class MirrorActor(PumpActor):
         self.config = config
         self.files = MirrorFiles(config.mirror_path)
         self.source = JobSource(config.lmdb_path)
-        self.core = MirrorCore(self.files, self.source, time.time_ns() & 0x7FFFFFFFFFFF, flush_s=FLUSH_S)
+        self.core = MirrorCore(self.files, self.source, time.time_ns() & 0x7FFFFFFFFFFF)
         self.next_status = 0.0
         self.next_file_check = 0.0
+        self.next_feed = 0.0
 
     def open_sockets(self, ctx):
         cfg = self.config
         self.core.start(time.time())
         return {
             "in": socket(ctx, zmq.PULL, bind=cfg.endpoint("mirror")),
+            # Not polled: taken in every FLUSH_S, or before a search (see drain_feed).
+            "feed": socket(ctx, zmq.PULL, bind=cfg.endpoint("mirror-feed")),
             "status": socket(ctx, zmq.SUB, subscribe=True, connect=cfg.endpoint("raft-status")),
             "gateway": socket(ctx, zmq.PUSH, connect=cfg.endpoint("gateway")),
             "admission": socket(ctx, zmq.PUSH, connect=cfg.endpoint("admission")),
@@ -69,14 +80,16 @@ class MirrorActor(PumpActor):
             if name == "status":
                 if kind == "raft_status":
                     core.on_status(msg, now)
-            elif kind == "changes":
-                core.on_changes(msg)
             elif kind == "applied":
                 core.on_results(msg, now)
             elif kind == "search":
                 core.on_request(msg)
-        core.step(now)
         mono = time.monotonic()
+        if mono >= self.next_feed or core.requests:
+            # A search sees every change that reached the mirror before it.
+            self.next_feed = mono + FLUSH_S
+            self.drain_feed()
+        core.step(now)
         if mono >= self.next_file_check:
             self.next_file_check = mono + FILE_CHECK_EVERY_S
             if core.live is not None and self.files.lost(core.live):
@@ -90,13 +103,20 @@ class MirrorActor(PumpActor):
         if mono >= self.next_status:
             self.next_status = mono + STATUS_EVERY_S
             out.append(("gateway", [codec.encode({"k": "mirror_status", "pid": os.getpid(), **core.status()})]))
-        if core.busy(now):
+        if core.busy():
             self._next_tick = mono  # more to do: the next turn does not wait for the tick
         else:
-            flush_at = core.flush_at()
-            if flush_at is not None:  # waiting frames: the turn that writes them comes when they are due
-                self._next_tick = min(self._next_tick, mono + max(0.0, flush_at - now))
+            self._next_tick = min(self._next_tick, self.next_feed)
         return out
+
+    def drain_feed(self):
+        feed, core = self.sockets["feed"], self.core
+        for _ in range(FEED_DRAIN_MAX):
+            try:
+                frame = feed.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            core.on_changes(codec.decode_trusted(frame))
 
     def on_stop(self):
         super().on_stop()

@@ -51,11 +51,6 @@ BATCH_IDS_MAX = 5000
 CHUNK_JOBS = 2000
 #: How long raft's report may stay ahead of M, with no frame arriving, before the mirror reconciles.
 STALL_S = 2.0
-#: How long change frames may wait to be written (the actor's setting; the core's default is 0,
-#: write at once). Within the window a job changed several times (enqueue, fetch, ack) is read
-#: and written once, and many frames share one SQLite transaction: this is what keeps the
-#: mirror's cost per job small. A search flushes the waiting frames first.
-FLUSH_S = 0.1
 
 
 class Repair:
@@ -76,15 +71,13 @@ class Repair:
 
 class MirrorCore:
     def __init__(self, files, source, incarnation: int, bulk: BulkRuns | None = None,
-                 chunk_jobs: int = CHUNK_JOBS, batch_ids_max: int = BATCH_IDS_MAX, stall_s: float = STALL_S,
-                 flush_s: float = 0.0):
+                 chunk_jobs: int = CHUNK_JOBS, batch_ids_max: int = BATCH_IDS_MAX, stall_s: float = STALL_S):
         self.files = files
         self.source = source
         self.bulk = bulk or BulkRuns(incarnation)
         self.chunk_jobs = chunk_jobs
         self.batch_ids_max = batch_ids_max
         self.stall_s = stall_s
-        self.flush_s = flush_s
         self.live = None
         self.index = 0
         self.repair: Repair | None = None
@@ -96,8 +89,6 @@ class MirrorCore:
         self.raft: dict = {}
         self.stall = None  # (since, M then) while raft's report is ahead of M
         self.backlog: deque = deque()
-        self.backlog_ids = 0  # job ids in the waiting frames (with repeats)
-        self.backlog_since = None  # when the oldest waiting frame was first seen by step()
         self.requests: deque = deque()
         self.replies: list = []
         self.ops_out: list = []
@@ -128,7 +119,6 @@ class MirrorCore:
     # ------------------------------------------------------------------ inputs
     def on_changes(self, msg: dict):
         self.backlog.append(msg)
-        self.backlog_ids += len(msg.get("jobs") or ())
 
     def on_request(self, msg: dict):
         self.requests.append(msg)
@@ -183,7 +173,6 @@ class MirrorCore:
         newest = self.index
         while self.backlog and (not ids or len(ids) < self.batch_ids_max):
             frame = self.backlog.popleft()
-            self.backlog_ids -= len(frame.get("jobs") or ())
             index, prev = frame.get("index") or 0, frame.get("prev")
             base = self.repair.chain if self.repair is not None else newest
             if prev is None or prev > base:
@@ -409,11 +398,8 @@ class MirrorCore:
         if self.pending_repair is not None and self.repair is None:
             kind = "rebuild" if self.pending_repair == "rebuild" else "reconcile"
             self.start_repair(kind, self.pending_repair, now)
-        if self.backlog and self.backlog_since is None:
-            self.backlog_since = now
-        if self.flush_due(now):
+        if self.backlog:
             self.apply_backlog(now)
-            self.backlog_since = now if self.backlog else None
         while self.requests:
             self.serve(self.requests.popleft(), now)
         if self.repair is not None:
@@ -427,20 +413,9 @@ class MirrorCore:
         if items:
             self.ops_out.extend(items)
 
-    def flush_due(self, now: float) -> bool:
-        """Write the waiting frames now: the window is over, a search waits (it must see them), or they pile up."""
-        if not self.backlog:
-            return False
-        return (self.requests or self.backlog_ids >= self.batch_ids_max
-                or now - self.backlog_since >= self.flush_s)
-
-    def flush_at(self) -> float | None:
-        """When the waiting frames are due (None: none wait)."""
-        return None if self.backlog_since is None else self.backlog_since + self.flush_s
-
-    def busy(self, now: float) -> bool:
+    def busy(self) -> bool:
         """More work is waiting that should not wait for the next tick."""
-        return bool(self.requests or self.flush_due(now) or (self.repair is not None and not self.source_away))
+        return bool(self.backlog or self.requests or (self.repair is not None and not self.source_away))
 
     def take_outputs(self):
         replies, ops = self.replies, self.ops_out

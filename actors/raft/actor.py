@@ -135,7 +135,7 @@ class JobbieRaft(SyncObj):
             sockets = self._local.sockets = {}
         s = sockets.get(name)
         if s is None:
-            hwm = MIRROR_FEED_HWM if name == "mirror" else 100_000
+            hwm = MIRROR_FEED_HWM if name == "mirror-feed" else 100_000
             s = sockets[name] = socket(self._ctx, zmq.PUSH, connect=self._config.endpoint(name), hwm=hwm)
         return s
 
@@ -144,7 +144,7 @@ class JobbieRaft(SyncObj):
         full loses the frame, and repairs the gap from LMDB by the `prev` chain."""
         prev, self._changes_last = self._changes_last, index
         try:
-            self._socket("mirror").send(codec.encode(core.changes_frame(index, prev, jobs)), zmq.NOBLOCK)
+            self._socket("mirror-feed").send(codec.encode(core.changes_frame(index, prev, jobs)), zmq.NOBLOCK)
         except zmq.Again:
             self._feed_dropped += 1
             if self._feed_dropped % 1000 == 1:

@@ -171,7 +171,7 @@ def make_core(tmp_path, h, **kw) -> MirrorCore:
 def settle(core, now=0.0):
     for _ in range(10_000):
         core.step(now)
-        if not core.busy(now):
+        if not core.busy():
             return
     raise AssertionError("the mirror core never became idle")
 
