@@ -5,19 +5,21 @@ Ids made by one generator sort in creation order even within one millisecond
 """
 from __future__ import annotations
 
+import base64
 import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: base64.b32encode's digits (RFC 4648) to Crockford's: one C pass instead of a loop per digit.
+_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode("ascii"))
 
 
 def crockford32(n: int, length: int) -> str:
-    """`n` as `length` Crockford base32 digits (big-endian), as ULIDs spell it."""
-    out = []
-    for _ in range(length):
-        out.append(_ALPHABET[n & 31])
-        n >>= 5
-    return "".join(reversed(out))
+    """The low 5 × `length` bits of `n` as `length` Crockford base32 digits (big-endian), as ULIDs spell it."""
+    bits = 5 * length
+    pad = -bits % 40  # b32encode takes whole 5-byte groups
+    raw = ((n & ((1 << bits) - 1)) << pad).to_bytes((bits + pad) // 8, "big")
+    return base64.b32encode(raw)[:length].translate(_FROM_RFC4648).decode("ascii")
 
 
 class IdGenerator:

@@ -65,7 +65,9 @@ def payload_json(payload) -> str:
     """The payload as compact JSON text (see the module docstring for non-JSON values).
 
     Most payloads are plain JSON values (bytes values at most): json encodes those in one C pass.
-    A NaN or a bin map key makes it refuse, and the payload is then converted value by value.
+    A NaN or a bin map key makes it refuse, and the payload is then converted value by value. (A map
+    with an integer key and a string key that spell the same, {1: .., "1": ..}, keeps both in the
+    text; JSON readers take the last.)
     """
     try:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
