@@ -4,11 +4,16 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
+import logging.handlers
 import os
 import signal
 import sys
 
 from .config import ACTORS, NodeConfig
+
+#: Each actor's log is rotated at this size; this many older files are kept (NAME.log.1 ...).
+LOG_BYTES_MAX = 64 * 1024 * 1024
+LOG_BACKUPS = 4
 
 
 def _die_with_parent():
@@ -33,12 +38,28 @@ def main(argv=None):
         setproctitle.setproctitle(f"jobbie-{name} [{config.node_id}]")
     except ImportError:
         pass
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
+    _log_to(os.path.join(config.log_dir, f"{name}.log"), name)
     if os.getppid() != parent or parent == 1:
         return 1
     module = importlib.import_module(f"jobbie.actors.{name}.actor")
     return module.run(config) or 0
+
+
+def _log_to(path: str, name: str):
+    """Log to DATA_DIR/logs/NAME.log, rotated at LOG_BYTES_MAX with LOG_BACKUPS old files kept.
+
+    stderr (the same file, opened by the supervisor) still takes what bypasses logging, such as
+    an interpreter crash; after a rotation those rare lines land in NAME.log.1.
+    """
+    fmt = logging.Formatter(f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
+    try:
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES_MAX, backupCount=LOG_BACKUPS)
+    except OSError:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
 
 
 if __name__ == "__main__":
