@@ -15,8 +15,10 @@ It owns:
   time-out is answered UNAVAILABLE ("outcome unknown, retry with the same
   request_id"), so no client hangs on a restarting actor;
 - mirror ops (search_jobs, bulk, bulk_status, rebuild_mirror): forwarded to
-  the mirror actor with a tag, answered when its result comes back on the
-  same path as raft's; refused at once (UNAVAILABLE) while the mirror has
+  the mirror actor with a tag and `min_index`, the newest raft index whose
+  results this gateway has seen (the mirror answers once it holds the
+  changes up to there), answered when its result comes back on the same
+  path as raft's; refused at once (UNAVAILABLE) while the mirror has
   not reported for a while.
 
 Pure: no sockets, no clock (`now` is passed in, in seconds), ids come from an
@@ -78,6 +80,9 @@ class GatewayCore:
         self.admission_status: dict = {}
         self.actors: list = []
         self.stats = {"requests": 0, "invalid": 0, "timeouts": 0}
+        # Newest raft index whose results this gateway has seen: a mirror op carries it, and the
+        # mirror answers once it holds the changes up to there (read your acknowledged writes).
+        self.seen_index = 0
 
     # ------------------------------------------------------------------ output
     def take_outputs(self):
@@ -199,7 +204,7 @@ class GatewayCore:
         p = Pending(ident, envelope, req_id, name, client, now + MIRROR_TIMEOUT_S.get(name, 10.0))
         self.pending[self.seq] = p
         heapq.heappush(self.deadlines, (p.deadline, self.seq))
-        self.mirror_out.append({"k": "search", "tag": tag, "op": name, "args": args})
+        self.mirror_out.append({"k": "search", "tag": tag, "op": name, "args": args, "min_index": self.seen_index})
 
     def submit(self, p: Pending, args: dict, now: float):
         self.seq += 1
@@ -235,6 +240,9 @@ class GatewayCore:
 
     # ---------------------------------------------------------------- results
     def on_applied(self, msg: dict, now: float):
+        index = msg.get("index")
+        if index is not None and index > self.seen_index:
+            self.seen_index = index
         for tag, result in msg.get("items") or ():
             if tag[1] != self.incarnation:
                 continue  # another node's gateway, or an earlier life of this one

@@ -42,6 +42,8 @@ NICE = 10
 #: several times within the window (enqueue, fetch, ack) is read and written once, in one
 #: SQLite transaction with everything else of the window. A search takes the feed in first.
 FLUSH_S = 0.1
+#: How often the feed is looked at while a search waits for changes (core.CATCH_UP_S).
+CATCH_UP_POLL_S = 0.003
 #: Change frames taken from the feed socket in one turn at most.
 FEED_DRAIN_MAX = 20_000
 
@@ -85,7 +87,7 @@ class MirrorActor(PumpActor):
             elif kind == "search":
                 core.on_request(msg)
         mono = time.monotonic()
-        if mono >= self.next_feed or core.requests:
+        if mono >= self.next_feed or core.requests or core.catching_up:
             # A search sees every change that reached the mirror before it.
             self.next_feed = mono + FLUSH_S
             self.drain_feed()
@@ -106,7 +108,8 @@ class MirrorActor(PumpActor):
         if core.busy():
             self._next_tick = mono  # more to do: the next turn does not wait for the tick
         else:
-            self._next_tick = min(self._next_tick, self.next_feed)
+            # While a search waits for changes, look at the feed every few ms.
+            self._next_tick = min(self._next_tick, mono + CATCH_UP_POLL_S if core.catching_up else self.next_feed)
         return out
 
     def drain_feed(self):

@@ -51,6 +51,12 @@ BATCH_IDS_MAX = 5000
 CHUNK_JOBS = 2000
 #: How long raft's report may stay ahead of M, with no frame arriving, before the mirror reconciles.
 STALL_S = 2.0
+#: How long a search or bulk request may wait for the changes up to its `min_index` (the gateway's
+#: newest result) before it is answered from what the mirror holds. Raft's status, which moves M
+#: past entries that changed no job, comes every 0.2 s.
+CATCH_UP_S = 0.25
+#: Ops that wait for `min_index` (rebuild_mirror and bulk_status read no rows).
+WAIT_FOR_INDEX = ("search_jobs", "bulk")
 
 
 class Repair:
@@ -90,6 +96,8 @@ class MirrorCore:
         self.stall = None  # (since, M then) while raft's report is ahead of M
         self.backlog: deque = deque()
         self.requests: deque = deque()
+        self.catching_up: deque = deque()  # (deadline, request) waiting for M to reach min_index
+        self.results_index = 0  # newest raft index of a bulk result seen here: searches wait for it too
         self.replies: list = []
         self.ops_out: list = []
         self.source_away = False
@@ -124,6 +132,9 @@ class MirrorCore:
         self.requests.append(msg)
 
     def on_results(self, msg: dict, now: float):
+        index = msg.get("index")
+        if index is not None and index > self.results_index:
+            self.results_index = index
         for tag, result in msg.get("items") or ():
             self.bulk.on_result(tag, result, now)
 
@@ -400,8 +411,19 @@ class MirrorCore:
             self.start_repair(kind, self.pending_repair, now)
         if self.backlog:
             self.apply_backlog(now)
+        if self.catching_up:
+            waiting, self.catching_up = self.catching_up, deque()
+            for deadline, msg in waiting:
+                if self.caught_up(msg) or now >= deadline:
+                    self.serve(msg, now)
+                else:
+                    self.catching_up.append((deadline, msg))
         while self.requests:
-            self.serve(self.requests.popleft(), now)
+            msg = self.requests.popleft()
+            if self.caught_up(msg):
+                self.serve(msg, now)
+            else:
+                self.catching_up.append((now + CATCH_UP_S, msg))
         if self.repair is not None:
             self.repair_step(now)
         self.bulk.check_timeouts(now)
@@ -412,6 +434,13 @@ class MirrorCore:
         items = self.bulk.next_chunk(now)
         if items:
             self.ops_out.extend(items)
+
+    def caught_up(self, msg: dict) -> bool:
+        """The mirror holds every change up to the request's `min_index` and up to the newest bulk
+        result it has seen (or cannot get there by waiting: a repair runs, or there is no file)."""
+        wanted = max(msg.get("min_index") or 0, self.results_index)
+        return (msg.get("op") not in WAIT_FOR_INDEX or wanted <= self.index
+                or self.repair is not None or self.live is None)
 
     def busy(self) -> bool:
         """More work is waiting that should not wait for the next tick."""
@@ -433,6 +462,7 @@ class MirrorCore:
             "reconciles": self.reconciles,
             "repair": None if r is None else {"kind": r.kind, "reason": r.reason, "scanned": r.scanned},
             "backlog": len(self.backlog),
+            "catching_up": len(self.catching_up),
             "bulk_running": self.bulk.running(),
             "available": self.live is not None,
         }

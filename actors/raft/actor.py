@@ -97,9 +97,9 @@ class JobbieRaft(SyncObj):
         self.apply_ms = Window(1024)  # per entry: the LMDB transaction of apply_entry
         with store.begin() as txn:
             self._applied = applied_index(txn, store.dbs)
-        # Index of the last change-feed frame sent to the mirror; a fresh process (or a new
-        # LMDB) starts the chain at the applied index LMDB holds.
-        self._changes_last = self._applied
+        # The change feed to the mirror; a fresh process (or a new LMDB) starts its chain at
+        # the applied index LMDB holds.
+        self._feed = core.FeedBatch(self._applied)
         self._feed_dropped = 0
         self.lmdb_id = _file_id(config.lmdb_path)
         self._synced_fd = None
@@ -107,6 +107,7 @@ class JobbieRaft(SyncObj):
         single = not config.peers
         super().__init__(config.raft_bind, list(config.peers), syncobj_conf(config, single, self.snapshotter))
         self.addOnTickCallback(self._kick)
+        self.addOnTickCallback(self._feed_due)
 
     # The snapshotter's view of the store (tick thread only).
     @property
@@ -120,7 +121,7 @@ class JobbieRaft(SyncObj):
     def reopened(self, store: Store, applied: int):
         self._store = store
         self._applied = applied
-        self._changes_last = applied
+        self._feed.restart(applied)
         self.lmdb_id = _file_id(self._config.lmdb_path)
 
     # pysyncobj commits a single node's entry only on the tick after it was
@@ -140,11 +141,22 @@ class JobbieRaft(SyncObj):
         return s
 
     def _feed_mirror(self, index: int, jobs: list):
-        """Tell the mirror which jobs this entry changed. Never blocks: a mirror that is away or
-        full loses the frame, and repairs the gap from LMDB by the `prev` chain."""
-        prev, self._changes_last = self._changes_last, index
+        """Tell the mirror which jobs this entry changed (coalesced: core.FeedBatch)."""
+        frame = self._feed.add(index, jobs, monotonic_time())
+        if frame is not None:
+            self._send_feed(frame)
+
+    def _feed_due(self):
+        if self._config.mirror:
+            frame = self._feed.due(monotonic_time())
+            if frame is not None:
+                self._send_feed(frame)
+
+    def _send_feed(self, frame: dict):
+        """Never blocks: a mirror that is away or full loses the frame, and repairs the gap from
+        LMDB by the `prev` chain."""
         try:
-            self._socket("mirror-feed").send(codec.encode(core.changes_frame(index, prev, jobs)), zmq.NOBLOCK)
+            self._socket("mirror-feed").send(codec.encode(frame), zmq.NOBLOCK)
         except zmq.Again:
             self._feed_dropped += 1
             if self._feed_dropped % 1000 == 1:
@@ -232,7 +244,7 @@ class JobbieRaft(SyncObj):
             "journal_entries": self._getRaftLogSize(),
             "lmdb_id": self.lmdb_id,
             # Read after applied_index: every frame of an entry up to that index is at most this.
-            "changes_index": self._changes_last,
+            "changes_index": self._feed.last,
         }
 
 

@@ -7,8 +7,8 @@ gateway gets the gateway results (a follower's gateway simply ignores tags it
 did not issue) together with the queues that gained pending jobs, which wake
 its parked long-polls; lifecycle results go to the lifecycle; admission is
 told the entry is done so it can free the in-flight slot; bulk results
-(origin "mr") go to the mirror, which also gets `changes_frame` after every
-entry that changed jobs.
+(origin "mr") go to the mirror, which also gets change frames (`FeedBatch`:
+the jobs the entries changed, at most one frame per 10 ms).
 """
 from __future__ import annotations
 
@@ -55,12 +55,62 @@ def origin_socket(origin: str) -> str:
 
 
 def changes_frame(index: int, prev: int | None, jobs: list) -> dict:
-    """The mirror's change feed: which jobs entry `index` changed (ids only; the mirror reads LMDB).
+    """The mirror's change feed: which jobs the entries after `prev` up to `index` changed (ids
+    only; the mirror reads LMDB).
 
     `prev` is the index of the previous such frame this raft process sent (for its first one,
     the LMDB applied index it started from), so the mirror can tell when frames went missing.
     """
     return {"k": "changes", "index": index, "prev": prev, "jobs": list(dict.fromkeys(jobs))}
+
+
+#: Change frames are sent at most this often; the entries applied meanwhile share one frame.
+FEED_WINDOW_S = 0.01
+#: ... unless this many job ids wait.
+FEED_IDS_MAX = 5000
+
+
+class FeedBatch:
+    """Coalesces the change feed: one frame per FEED_WINDOW_S instead of one per raft entry.
+
+    Each frame costs raft a send and the mirror a wake-up; at a few thousand entries a second
+    that showed in everyone's tail latency. The first entry after a quiet window is sent at once,
+    so an idle node's mirror is not held back; the rest go with a later entry or at the tick
+    (`due`). A merged frame still chains: its `prev` is the last frame before it.
+    """
+
+    def __init__(self, last_index: int, window_s: float = FEED_WINDOW_S, ids_max: int = FEED_IDS_MAX):
+        self.window_s = window_s
+        self.ids_max = ids_max
+        self.last = last_index  # newest entry whose changes are in a frame, sent or waiting
+        self.prev = None  # `prev` of the waiting frame (None: nothing waits)
+        self.jobs: dict = {}
+        self.sent_at = float("-inf")
+
+    def add(self, index: int, jobs: list, now: float) -> dict | None:
+        """Entry `index` changed `jobs`: the frame to send now, or None (it waits)."""
+        if self.prev is None:
+            self.prev = self.last
+        self.jobs.update(dict.fromkeys(jobs))
+        self.last = index
+        if now - self.sent_at >= self.window_s or len(self.jobs) >= self.ids_max:
+            return self.take(now)
+        return None
+
+    def due(self, now: float) -> dict | None:
+        """The waiting frame once its window is over (called on every tick)."""
+        if self.prev is not None and now - self.sent_at >= self.window_s:
+            return self.take(now)
+        return None
+
+    def take(self, now: float) -> dict:
+        frame = changes_frame(self.last, self.prev, list(self.jobs))
+        self.prev, self.jobs, self.sent_at = None, {}, now
+        return frame
+
+    def restart(self, last_index: int):
+        """A new LMDB (snapshot installed): the chain starts again at its applied index."""
+        self.last, self.prev, self.jobs = last_index, None, {}
 
 
 def decode_entry(data: bytes) -> dict:

@@ -671,3 +671,98 @@ def test_gateway_forwards_mirror_ops_and_refuses_them_while_the_mirror_is_silent
     assert codec.decode(replies[0][1]) == {"id": 1, "ok": {"jobs": [], "total": 0}}
     assert core.cluster_status(10.3)["mirror"]["applied_index"] == 4
     assert core.cluster_status(20.0)["mirror"]["stale"] is True
+
+
+# ======================================================================= read your acknowledged writes
+
+def test_feed_batch_sends_the_first_change_at_once_and_merges_the_rest_of_its_window():
+    feed = raft_core.FeedBatch(last_index=10, window_s=0.01, ids_max=4)
+    # Given a quiet node / When an entry changes a job / Then its frame leaves at once
+    assert feed.add(11, ["a"], now=5.0) == {"k": "changes", "index": 11, "prev": 10, "jobs": ["a"]}
+    # When more entries follow within the window / Then they wait, and nothing is due yet
+    assert feed.add(12, ["b", "a"], now=5.002) is None
+    assert feed.add(14, ["a"], now=5.004) is None
+    assert feed.due(5.006) is None and feed.last == 14
+    # When the window is over / Then one frame carries them, chained to the last one sent
+    assert feed.due(5.011) == {"k": "changes", "index": 14, "prev": 11, "jobs": ["b", "a"]}
+    assert feed.due(5.5) is None
+    # When ids pile up past the limit within a window / Then they leave at once
+    assert feed.add(15, ["c"], now=5.012) is None
+    assert feed.add(16, ["d", "e", "f"], now=5.013) == {"k": "changes", "index": 16, "prev": 14,
+                                                         "jobs": ["c", "d", "e", "f"]}
+    # When LMDB is replaced / Then the chain starts again at its index and waiting ids are dropped
+    assert feed.add(17, ["g"], now=5.014) is None
+    feed.restart(40)
+    assert feed.due(6.0) is None
+    assert feed.add(41, ["h"], now=6.0) == {"k": "changes", "index": 41, "prev": 40, "jobs": ["h"]}
+
+
+def test_a_search_waits_for_the_changes_up_to_its_min_index(tmp_path, h):
+    raft = Raft(h)
+    core = make_core(tmp_path, h)
+    first = raft.run("enqueue", {"queue": "q", "payload": 1})
+    core.on_changes(first)
+    settle(core)
+    late = raft.run("enqueue", {"queue": "q", "payload": 2})
+    # Given a search from a gateway that has answered entry `late` / When its frame has not arrived
+    core.on_request({"k": "search", "tag": ["gw", 1, 1], "op": "search_jobs", "args": {"queue": "q"},
+                     "min_index": late["index"]})
+    core.step(10.0)
+    # Then the search waits (a request that reads no rows does not)
+    core.on_request({"k": "search", "tag": ["gw", 1, 2], "op": "bulk_status", "args": {"bulk_id": "blk_x"}})
+    core.step(10.01)
+    replies, _ = core.take_outputs()
+    assert [tag for tag, _ in replies] == [["gw", 1, 2]] and core.status()["catching_up"] == 1
+    # When the frame arrives / Then the search answers with the acknowledged write in it
+    core.on_changes(late)
+    core.step(10.02)
+    replies, _ = core.take_outputs()
+    assert [tag for tag, _ in replies] == [["gw", 1, 1]] and replies[0][1]["ok"]["total"] == 2
+
+
+def test_a_search_waits_for_its_min_index_at_most_catch_up_s(tmp_path, h):
+    from jobbie.actors.mirror.core import CATCH_UP_S
+    raft = Raft(h)
+    core = make_core(tmp_path, h)
+    core.on_changes(raft.run("enqueue", {"queue": "q", "payload": 1}))
+    settle(core)
+    # Given a min_index the mirror will not see a frame for (that entry changed no job)
+    core.on_request({"k": "search", "tag": ["gw", 1, 1], "op": "search_jobs", "args": {},
+                     "min_index": h.index + 5})
+    core.step(20.0)
+    core.step(20.0 + CATCH_UP_S / 2)
+    assert core.take_outputs()[0] == []
+    # Then it is answered from what the mirror holds once CATCH_UP_S is over
+    core.step(20.0 + CATCH_UP_S)
+    replies, _ = core.take_outputs()
+    assert replies[0][0] == ["gw", 1, 1] and replies[0][1]["ok"]["total"] == 1
+
+
+def test_gateway_mirror_ops_carry_the_newest_index_it_has_seen_results_for():
+    core = GatewayCore("n1", 5, ids=None, reader=None)
+    core.on_status({"k": "mirror_status", "applied_index": 4}, 10.0)
+    core.on_applied({"k": "applied", "index": 41, "items": [], "woken": {}}, 10.0)
+    core.on_applied({"k": "applied", "index": None, "items": [], "woken": {}}, 10.0)  # a refusal: no index
+    core.on_applied({"k": "applied", "index": 39, "items": [], "woken": {}}, 10.0)
+    core.on_request([b"c1", codec.encode({"id": 1, "op": "search_jobs", "args": {}})], 10.1)
+    (sent,) = core.take_mirror()
+    assert sent["min_index"] == 41
+
+
+def test_after_a_bulk_result_searches_wait_for_its_changes(tmp_path, h):
+    raft = Raft(h)
+    core = make_core(tmp_path, h)
+    core.on_changes(raft.run("enqueue", {"queue": "q", "payload": 1}))
+    settle(core)
+    # Given the result of a bulk op's entry (routed to the mirror, so no gateway has seen its index)
+    job = records(h)[0]["id"]
+    moved = raft.run("move_job", {"job_id": job, "queue": "r"})
+    core.on_results({"k": "applied", "index": h.index, "items": [], "woken": {}}, 1.0)
+    # When a search arrives before that entry's frame / Then it waits for it, and sees the move
+    core.on_request({"k": "search", "tag": ["gw", 1, 1], "op": "search_jobs", "args": {"queue": "r"}})
+    core.step(1.0)
+    assert core.take_outputs()[0] == []
+    core.on_changes(moved)
+    core.step(1.01)
+    replies, _ = core.take_outputs()
+    assert replies[0][1]["ok"]["total"] == 1
