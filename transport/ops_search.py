@@ -61,7 +61,8 @@ FILTER_ARGS = (
 )
 
 _op("search_jobs", "mirror", "Find jobs by any combination of filters, from the mirror's SQLite view "
-    "(lags LMDB by a few ms; see cluster_status `mirror`). Pages with a stable cursor.", FILTER_ARGS + (
+    "(it lags LMDB by up to ~0.1 s, but writes this node has acknowledged are waited for, up to 0.25 s; "
+    "see docs/search.md). Pages with a stable cursor.", FILTER_ARGS + (
         Arg("sort", "str", "Sort key.", default="created_at", choices=SORTS),
         Arg("order", "str", "Sort order.", default="desc", choices=("desc", "asc")),
         Arg("cursor", "str", "Opaque: the `cursor` of the previous page of the same search.", length_max=1024),
