@@ -164,6 +164,23 @@ def test_search_by_each_filter_returns_exactly_the_right_jobs(node):
 
 
 # ------------------------------------------------------------------ crashes and damage
+@pytest.mark.timeout(120)
+def test_a_search_right_after_an_acknowledged_write_finds_it(node):
+    client = node.client()
+    client.enqueue("warm", 0)
+    wait_mirrored(client)
+    # Given writes acknowledged one by one / When each is followed at once by a search on the same node
+    for i in range(1, 41):
+        job_id = client.enqueue("ryw", {"i": i})
+        found = client.call("search_jobs", queue="ryw", limit=1)
+        # Then the search already holds it (the mirror waits for the gateway's newest index)
+        assert found["total"] == i and found["jobs"][0]["id"] == job_id, (i, found["total"])
+    # And after a bulk run answers, a search sees its effect
+    moved = client.call("bulk", filter={"queue": "ryw"}, action="cancel")
+    assert moved["affected"] == 40, moved
+    assert client.call("search_jobs", queue="ryw", state=["cancelled"])["total"] == 40
+
+
 @pytest.mark.timeout(240)
 def test_kill9_of_the_mirror_under_load_catches_up_and_equals_lmdb(node):
     client = node.client(timeout=10.0, retry_for=30.0)
