@@ -128,10 +128,12 @@ class Bench:
 def medians(records: list[dict]) -> list[dict]:
     groups: dict[tuple, list] = {}
     for r in records:
-        groups.setdefault((r["scenario"], r["concurrency"]), []).append(r)
+        # The ceiling does not depend on the node's mirror.
+        mirror = None if r["scenario"] == "ceiling" else r.get("mirror")
+        groups.setdefault((r["scenario"], r["concurrency"], mirror), []).append(r)
     out = []
-    for (scenario, concurrency), rs in groups.items():
-        row = {"scenario": scenario, "concurrency": concurrency, "runs": len(rs)}
+    for (scenario, concurrency, mirror), rs in groups.items():
+        row = {"scenario": scenario, "concurrency": concurrency, "mirror": mirror, "runs": len(rs)}
         for key in ("ops_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "ratio_to_ceiling", "p99_ratio_to_alone"):
             values = [r[key] for r in rs if r.get(key) is not None]
             if values:
@@ -148,6 +150,19 @@ def medians(records: list[dict]) -> list[dict]:
     return out
 
 
+def mirror_cost(rows: list[dict]) -> list[dict]:
+    """For each (scenario, clients) measured with the mirror on and off: on ÷ off of the medians."""
+    by_key = {(r["scenario"], r["concurrency"], r.get("mirror")): r for r in rows}
+    out = []
+    for (scenario, concurrency, mirror), on in by_key.items():
+        off = by_key.get((scenario, concurrency, False))
+        if mirror is True and off is not None and off["ops_per_s"]:
+            out.append({"scenario": scenario, "concurrency": concurrency, "on_ops_per_s": on["ops_per_s"],
+                        "off_ops_per_s": off["ops_per_s"], "on_over_off": on["ops_per_s"] / off["ops_per_s"],
+                        "on_p99_ms": on["p99_ms"], "off_p99_ms": off["p99_ms"]})
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| scenario | clients | ops/s (median) | p50 ms | p90 ms | p99 ms | max ms | × ceiling | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -156,7 +171,8 @@ def markdown(rows: list[dict]) -> str:
         ratio = f"{r['ratio_to_ceiling']:.2f}" if r.get("ratio_to_ceiling") else ""
         if r.get("p99_ratio_to_alone"):
             ratio = f"p99 {r['p99_ratio_to_alone']:.2f}× alone"
-        lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.2f} | "
+        label = r["scenario"] + (", mirror off" if r.get("mirror") is False else "")
+        lines.append(f"| {label} | {r['concurrency']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.2f} | "
                      f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {ratio} | {errs} |")
     return "\n".join(lines)
 
@@ -164,7 +180,7 @@ def markdown(rows: list[dict]) -> str:
 def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", duration: float = 5.0,
          repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
          server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
-         markdown_out: str | None = None, mirror: bool = True):
+         markdown_out: str | None = None, mirror: bool | str = True):
     """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
 
     Args:
@@ -175,7 +191,9 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
       batch_size: Jobs per enqueue_batch frame (scenario batch).
       work_ms: Simulated work between fetch and ack (lifecycle, mixed).
       durable: Start the node with --durable.
-      mirror: Start the node with its mirror actor (false: --mirror=false), to measure the mirror's cost.
+      mirror: Start the node with its mirror actor (false: --mirror=false). "both": every run twice,
+        mirror on and off, alternating which goes first, and an on/off line per scenario: the mirror's
+        cost, measured so that the machine's drift hits both sides alike.
       server: Use this running node instead of starting a fresh one per run (results then accumulate state).
       ceiling: Also measure the bare ZeroMQ ROUTER echo at each concurrency, for the ratio.
       output: text or json (JSON lines of every run, then the medians).
@@ -185,8 +203,9 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
     names = [s.strip() for s in str(scenarios).split(",") if s.strip()]
     levels = [int(c) for c in str(concurrency).split(",") if str(c).strip()]
     quiet = output == "json"
+    modes = [True, False] if mirror == "both" else [bool(mirror)]
     bench = Bench(float(duration), int(repeats), bool(durable), server,
-                  progress=(lambda line: print(line, file=sys.stderr, flush=True)), mirror=bool(mirror))
+                  progress=(lambda line: print(line, file=sys.stderr, flush=True)), mirror=modes[0])
     total = len(levels) * int(repeats)
     for repeat in range(int(repeats)):
         for c in levels:
@@ -194,11 +213,16 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
             for name in names:
                 if name == "fairness":
                     if c == levels[0]:
+                        bench.mirror = modes[0]
                         bench.fairness(repeat)
                     continue
-                bench.scenario(name, c, repeat, roof, batch_size=batch_size, work_ms=work_ms)
+                # With both modes, alternate which goes first so drift does not favour one.
+                for flag in (modes if repeat % 2 == 0 else modes[::-1]):
+                    bench.mirror = flag
+                    bench.scenario(name, c, repeat, roof, batch_size=batch_size, work_ms=work_ms)
         bench.progress(f"-- repeat {repeat + 1}/{repeats} done ({(repeat + 1) * len(levels)}/{total} sweeps)")
     rows = medians(bench.records)
+    cost = mirror_cost(rows)
     if json_out:
         with open(json_out, "a") as f:
             for r in bench.records:
@@ -210,6 +234,10 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
     if quiet:
         for r in bench.records:
             print(json.dumps(r))
-        print(json.dumps({"medians": rows, "machine": bench.meta}))
+        print(json.dumps({"medians": rows, "mirror_cost": cost, "machine": bench.meta}))
     else:
         print(table)
+        for c in cost:
+            print(f"mirror on/off: {c['scenario']} c{c['concurrency']} {c['on_over_off']:.3f} "
+                  f"({c['on_ops_per_s']:,.0f} / {c['off_ops_per_s']:,.0f} ops/s; "
+                  f"p99 {c['on_p99_ms']:.2f} / {c['off_p99_ms']:.2f} ms)")
