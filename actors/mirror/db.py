@@ -119,7 +119,9 @@ class MirrorDb:
             c.execute("BEGIN")
             if gone:
                 c.executemany("DELETE FROM jobs WHERE id = ?", gone)
-            c.executemany("DELETE FROM tags WHERE job_id = ?", ids)
+                # A job's tags are set at enqueue and never change (storage/apply.py create_job):
+                # a job that is still there keeps its tag rows, which the upsert below rewrites.
+                c.executemany("DELETE FROM tags WHERE job_id = ?", gone)
             if upserts:
                 c.executemany(_INSERT, upserts)
             if tags:

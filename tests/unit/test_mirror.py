@@ -498,7 +498,7 @@ def test_a_deleted_file_is_rebuilt(zoo, tmp_path):
 
 def test_a_write_error_leads_to_a_rebuild(zoo):
     h, core, _ = zoo
-    core.live.conn.execute("DROP TABLE tags")  # what a damaged file looks like to the writer
+    core.live.conn.execute("DROP TABLE jobs")  # what a damaged file looks like to the writer
     raft = Raft(h)
     core.on_changes(raft.run("enqueue", {"queue": "q", "payload": 1}))
     settle(core)
