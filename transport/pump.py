@@ -131,11 +131,7 @@ class PumpActor(pykka.ThreadingActor):
         messages = []
         for sock, _ in ready:
             name = self._by_socket[sock]
-            for _ in range(DRAIN_MAX):
-                try:
-                    messages.append((name, sock.recv_multipart(zmq.NOBLOCK)))
-                except zmq.Again:
-                    break
+            messages.extend((name, frames) for frames in receive_waiting(sock, DRAIN_MAX))
         mono = time.monotonic()
         tick = mono >= self._next_tick
         if tick:
@@ -163,6 +159,17 @@ class PumpActor(pykka.ThreadingActor):
         log.critical("actor failed; the process exits and the supervisor restarts it",
                      exc_info=(exception_type, exception_value, traceback))
         self.on_stop()
+
+
+def receive_waiting(sock: zmq.Socket, limit: int) -> list:
+    """The multipart messages waiting on `sock` (at most `limit`), without blocking."""
+    out = []
+    for _ in range(limit):
+        try:
+            out.append(sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            break
+    return out
 
 
 def serve_process(actor_cls, *args, stop_timeout_s: float = 10.0) -> int:

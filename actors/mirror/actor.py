@@ -24,7 +24,7 @@ import time
 import zmq
 
 from jobbie.transport import codec
-from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
+from jobbie.transport.pump import Inbox, PumpActor, receive_waiting, serve_process, socket
 
 from .core import MirrorCore
 from .db import MirrorFiles
@@ -113,13 +113,8 @@ class MirrorActor(PumpActor):
         return out
 
     def drain_feed(self):
-        feed, core = self.sockets["feed"], self.core
-        for _ in range(FEED_DRAIN_MAX):
-            try:
-                frame = feed.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            core.on_changes(codec.decode_trusted(frame))
+        for frames in receive_waiting(self.sockets["feed"], FEED_DRAIN_MAX):
+            self.core.on_changes(codec.decode_trusted(frames[0]))
 
     def on_stop(self):
         super().on_stop()
@@ -131,8 +126,8 @@ class MirrorActor(PumpActor):
 
 
 def run(config) -> int:
-    # The mirror writes in bursts (a flush window's jobs at a time); below the hot path's priority
-    # those bursts wait for idle CPU instead of delaying the requests in flight.
+    # Derived data: below the hot path's priority, so under contention the requests in flight
+    # get the CPU first.
     try:
         os.nice(NICE)
     except OSError:

@@ -33,9 +33,13 @@ COLUMNS = ("id", "rev", "queue", "state", "priority", "priority_level", "attempt
            "batch_id", "unique_key", "has_errors", "error_count", "errors", "payload", "record")
 
 
+def _b64(value) -> str:
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
 def _jsonable(value):
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
+        return _b64(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
@@ -49,15 +53,16 @@ def _key(key) -> str:
     if isinstance(key, str):
         return key
     if isinstance(key, (bytes, bytearray)):
-        return base64.b64encode(bytes(key)).decode("ascii")
+        return _b64(key)
     if isinstance(key, bool) or key is None:
         return json.dumps(key)
     return str(key)
 
 
 def _bytes_default(value):
+    """json.dumps' `default`: bytes values as _jsonable spells them; anything else is refused."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
+        return _b64(value)
     raise TypeError(type(value).__name__)
 
 

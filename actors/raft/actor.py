@@ -193,8 +193,8 @@ class JobbieRaft(SyncObj):
             self._flush_journal()
         self._send(core.route(entry, index, results, changes))
         if changes.jobs and self._config.mirror:
-            # After the results, off their path. It still normally reaches the mirror before a
-            # search sent after the answer, which crosses client, gateway and mirror first.
+            # After the results, off their path: a search after the answer waits for this
+            # index at the mirror (the gateway's `min_index`), not for the order of frames.
             self._feed_mirror(index, changes.jobs)
         return None
 

@@ -54,7 +54,7 @@ def origin_socket(origin: str) -> str:
     return {"gw": "gateway", "lc": "lifecycle", "mr": "mirror"}.get(origin, "gateway")
 
 
-def changes_frame(index: int, prev: int | None, jobs: list) -> dict:
+def changes_frame(index: int, prev: int | None, jobs) -> dict:
     """The mirror's change feed: which jobs the entries after `prev` up to `index` changed (ids
     only; the mirror reads LMDB).
 
@@ -104,7 +104,7 @@ class FeedBatch:
         return None
 
     def take(self, now: float) -> dict:
-        frame = changes_frame(self.last, self.prev, list(self.jobs))
+        frame = changes_frame(self.last, self.prev, self.jobs)
         self.prev, self.jobs, self.sent_at = None, {}, now
         return frame
 
