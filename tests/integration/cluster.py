@@ -27,6 +27,7 @@ import time
 
 import lmdb
 
+from jobbie.actors.config import NodeConfig
 from jobbie.storage.env import Store
 from jobbie.storage.keys import DB_NAMES
 from jobbie.storage.machine import applied_index
@@ -87,18 +88,18 @@ class ClusterNode(Node):
     # ---------------------------------------------------------------- paths
     @property
     def lmdb_path(self) -> str:
-        return os.path.join(self.data_dir, "lmdb")
+        return NodeConfig(data_dir=self.data_dir).lmdb_path
 
     @property
     def raft_dir(self) -> str:
-        return os.path.join(self.data_dir, "raft")
+        return NodeConfig(data_dir=self.data_dir).raft_dir
 
     @property
     def journal_path(self) -> str:
         return os.path.join(self.raft_dir, "journal")
 
     def log_file(self, actor: str = "raft") -> str:
-        return os.path.join(self.data_dir, "logs", f"{actor}.log")
+        return os.path.join(NodeConfig(data_dir=self.data_dir).log_dir, f"{actor}.log")
 
     def read_log(self, actor: str = "raft", offset: int = 0) -> str:
         """The actor's log from byte `offset` on (see `log_size`)."""
