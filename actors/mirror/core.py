@@ -365,13 +365,16 @@ class MirrorCore:
                 raise Unavailable("the mirror is being rebuilt from LMDB; retry shortly", reason="mirror_rebuilding",
                                   retry_after_ms=500)
             if op == "search_jobs":
-                self.reply(tag, self.live.search(args))
+                self.reply(tag, self.live.search(args, self.source.records))
             elif op == "bulk":
                 self.start_bulk(tag, args, now)
             else:
                 raise InvalidArgument(f"the mirror does not serve {op}", field="op", reason="unknown_op")
         except JobbieError as exc:
             self.replies.append([tag, {"err": exc.to_wire()}])
+        except SourceUnavailable:  # a search page's records come from LMDB, which is being replaced
+            self.replies.append([tag, {"err": Unavailable("LMDB cannot be read right now; retry",
+                                                          reason="store_unavailable", retry_after_ms=500).to_wire()}])
         except Broken as exc:
             self.on_broken(exc, now)
             self.replies.append([tag, {"err": Unavailable("the mirror file was damaged and is being rebuilt; retry "

@@ -3,7 +3,8 @@
 `DATA_DIR/mirror.sqlite` is derived data (RELIABILITY.md c4 item 11): WAL,
 `synchronous=OFF`, never read by the state machine, rebuilt from LMDB
 whenever it is lost, damaged or asked for. It holds
-- `jobs`: one row per job (rows.py), with indexes for the common searches
+- `jobs`: one row per job (rows.py), keyed by id (WITHOUT ROWID: one
+  b-tree less to write per job), with indexes for the common searches
   (queue + state + created_at; state + created_at; created_at) and the
   equality filters (batch, worker, unique key);
 - `tags`: one row per (job, tag key) for the all-tags-match filter;
@@ -26,7 +27,8 @@ from . import query, rows as R
 
 log = logging.getLogger("jobbie.mirror")
 
-SCHEMA_VERSION = 1
+#: 2: rows without the record blob and unsearched columns, WITHOUT ROWID. A file of another version is rebuilt at start.
+SCHEMA_VERSION = 2
 #: Encoded job records in one search answer at most (the page ends early; has_more says so).
 RESULT_BYTES_MAX = 4 * 1024 * 1024
 #: Time box of one search (count and page together) and of resolving a bulk filter.
@@ -39,12 +41,10 @@ SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, rev INTEGER NOT NULL, queue TEXT NOT NULL, state TEXT NOT NULL,
-  priority TEXT NOT NULL, priority_level INTEGER NOT NULL, attempt INTEGER NOT NULL, max_retries INTEGER,
-  created_at INTEGER NOT NULL, scheduled_at INTEGER, started_at INTEGER, completed_at INTEGER,
-  failed_at INTEGER, expire_at INTEGER, updated_at INTEGER, worker_id TEXT, batch_id TEXT, unique_key TEXT,
-  has_errors INTEGER NOT NULL, error_count INTEGER NOT NULL, errors TEXT, payload TEXT NOT NULL,
-  record BLOB NOT NULL
-);
+  priority_level INTEGER NOT NULL, attempt INTEGER NOT NULL, created_at INTEGER NOT NULL, scheduled_at INTEGER,
+  started_at INTEGER, completed_at INTEGER, expire_at INTEGER, updated_at INTEGER, worker_id TEXT, batch_id TEXT,
+  unique_key TEXT, errors TEXT, payload TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_queue_state_created ON jobs (queue, state, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
@@ -185,31 +185,29 @@ class MirrorDb:
         finally:
             self.conn.set_progress_handler(None, 0)
 
-    def search(self, args: dict, budget_ms: int = SEARCH_TIME_MS_MAX) -> dict:
-        """The `ok` map of search_jobs. Raises InvalidArgument or Broken."""
+    def search(self, args: dict, records_of, budget_ms: int = SEARCH_TIME_MS_MAX) -> dict:
+        """The `ok` map of search_jobs; `records_of(ids)` gives {id: LMDB record} of the page's jobs.
+
+        Raises InvalidArgument or Broken (SourceUnavailable from `records_of` passes through).
+        """
         started = time.perf_counter()
         plan = query.SearchPlan(args)
 
         def run():
             total = self.conn.execute(plan.count_sql, plan.count_params).fetchone()[0]
-            found = self.conn.execute(plan.page_sql, plan.page_params).fetchall()
-            records = {}
-            page = [job_id for job_id, _ in found[:plan.limit]]
-            for i in range(0, len(page), 500):
-                part = page[i:i + 500]
-                records.update(self.conn.execute(
-                    f"SELECT id, record FROM jobs WHERE id IN ({', '.join('?' * len(part))})", part).fetchall())
-            return total, found, records
+            return total, self.conn.execute(plan.page_sql, plan.page_params).fetchall()
 
-        total, found, records = self._timed(budget_ms, run)
+        total, found = self._timed(budget_ms, run)
+        records = records_of([job_id for job_id, _ in found[:plan.limit]])
         jobs, size, last, cut = [], 0, None, False
         for job_id, key in found[:plan.limit]:
-            record = records[job_id]
-            if jobs and size + len(record) > RESULT_BYTES_MAX:
-                cut = True
-                break
-            jobs.append(R.public_job(record))
-            size += len(record)
+            record = records.get(job_id)
+            if record is not None:  # else deleted since the mirror last wrote its row
+                if jobs and size + len(record) > RESULT_BYTES_MAX:
+                    cut = True
+                    break
+                jobs.append(R.public_job(record))
+                size += len(record)
             last = (key, job_id)
         has_more = cut or len(found) > plan.limit
         return {"jobs": jobs, "total": total, "has_more": has_more,

@@ -21,6 +21,7 @@ from jobbie.transport.errors import InvalidArgument
 from jobbie.transport.ops_search import FILTER_ARGS
 
 from . import jq
+from .rows import PRIORITY_LEVEL
 
 FILTER_NAMES = tuple(a.name for a in FILTER_ARGS)
 TIME_COLUMNS = {"created": "created_at", "scheduled": "scheduled_at", "started": "started_at",
@@ -57,7 +58,7 @@ def where(filters: dict, params: jq.Params, prefix: str = "") -> str:
     if states:
         parts.append(f"state IN ({', '.join(params.add(s) for s in states)})")
     if filters.get("priority") is not None:
-        eq("priority", filters["priority"])
+        eq("priority_level", PRIORITY_LEVEL[filters["priority"]])
     for key, value in sorted((filters.get("tags") or {}).items()):
         parts.append(f"id IN (SELECT job_id FROM tags WHERE key = {params.add(key)} AND value = {params.add(value)})")
     if filters.get("payload_contains") is not None:
@@ -79,7 +80,7 @@ def where(filters: dict, params: jq.Params, prefix: str = "") -> str:
         if filters.get(name) is not None:
             eq(name, filters[name])
     if filters.get("has_errors") is not None:
-        eq("has_errors", 1 if filters["has_errors"] else 0)
+        parts.append("errors IS NOT NULL" if filters["has_errors"] else "errors IS NULL")
     if filters.get("error_contains") is not None:
         parts.append(f"errors LIKE {params.add(like_escape(filters['error_contains']))} ESCAPE '\\'")
     if filters.get("attempt_min") is not None:

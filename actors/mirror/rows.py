@@ -1,24 +1,34 @@
 """From an LMDB job record to the mirror's SQLite row, and back to what search answers.
 
 The row keeps the columns the search filters need, the payload as JSON text
-(for `payload_contains` and `payload_jq`), and the LMDB record itself as a
-blob, so search answers carry the record exactly as get_job would (payload
-types intact) and a reconcile can compare rows with LMDB byte for byte
-(`rev` is the record's CRC-32).
+(for `payload_contains` and `payload_jq`) and `rev`, the CRC-32 of the LMDB
+record it was made from, so a reconcile finds stale rows without comparing
+them column by column. It does not keep the record: search answers read the
+records of their page from LMDB (one lookup per job), which keeps each row,
+and so each write on the mirror's path, small.
 
 Payload JSON: msgpack values map to JSON the obvious way, except
 - bin (bytes) becomes a base64 string (standard alphabet, with padding);
-- map keys that are not strings become strings: an integer key its decimal
-  text, a bin key its base64 text, anything else its `str()`;
+- map keys that are not strings become strings: a number key its JSON text,
+  a bin key its base64 text, true/false/nil "true"/"false"/"null";
 - NaN and the infinities become the strings "NaN", "Infinity", "-Infinity"
   (SQLite's JSON functions refuse them as numbers).
+
+Speed: this is the mirror's per-job work. msgspec decodes only the fields a
+row needs (the rest of the record is skipped, not built) and encodes the
+payload to JSON in one C pass; the value-by-value conversion runs only for
+payloads that pass a NaN, an infinity or a key JSON cannot spell.
 """
 from __future__ import annotations
 
 import base64
 import json
 import math
+import re
 import zlib
+from typing import Any
+
+import msgspec
 
 from jobbie.transport.codec import decode_trusted
 
@@ -28,9 +38,40 @@ PRIORITY_LEVEL = {"critical": 3, "high": 2, "normal": 1, "low": 0}
 #: Error text kept per job for `error_contains` (every kept attempt's message, joined by newlines).
 ERRORS_TEXT_MAX = 256 * 1024
 
-COLUMNS = ("id", "rev", "queue", "state", "priority", "priority_level", "attempt", "max_retries", "created_at",
-           "scheduled_at", "started_at", "completed_at", "failed_at", "expire_at", "updated_at", "worker_id",
-           "batch_id", "unique_key", "has_errors", "error_count", "errors", "payload", "record")
+#: Only what searches filter or sort on: each column costs every write. `errors` is NULL for a job
+#: without errors, else their text (maybe empty), so it answers `has_errors` too.
+COLUMNS = ("id", "rev", "queue", "state", "priority_level", "attempt", "created_at", "scheduled_at", "started_at",
+           "completed_at", "expire_at", "updated_at", "worker_id", "batch_id", "unique_key", "errors", "payload")
+
+
+class _Record(msgspec.Struct):
+    """The fields of an LMDB job record (storage/apply.py create_job) that a row is made of."""
+
+    id: str
+    queue: Any = None
+    state: Any = None
+    priority: Any = None
+    attempt: Any = None
+    created_at: Any = None
+    run_at: Any = None
+    started_at: Any = None
+    completed_at: Any = None
+    expire_at: Any = None
+    updated_at: Any = None
+    worker_id: Any = None
+    batch_id: Any = None
+    unique_key: Any = None
+    last_error: Any = None
+    tags: Any = None
+    payload: msgspec.Raw = msgspec.Raw(b"\xc0")  # kept encoded: payload_json reads it
+
+
+_RECORD = msgspec.msgpack.Decoder(_Record)
+_VALUE = msgspec.msgpack.Decoder()
+_JSON = msgspec.json.Encoder()
+#: msgpack float32/float64 heads whose exponent bits are all ones start like these (NaN, the
+#: infinities; also finite floats beyond ~1e304, which merely take the slow path).
+_NON_FINITE = re.compile(rb"[\xca\xcb][\x7f\xff]")
 
 
 def _b64(value) -> str:
@@ -56,29 +97,19 @@ def _key(key) -> str:
         return _b64(key)
     if isinstance(key, bool) or key is None:
         return json.dumps(key)
+    if isinstance(key, int) or (isinstance(key, float) and math.isfinite(key)):
+        return _JSON.encode(key).decode()
     return str(key)
 
 
-def _bytes_default(value):
-    """json.dumps' `default`: bytes values as _jsonable spells them; anything else is refused."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return _b64(value)
-    raise TypeError(type(value).__name__)
-
-
-def payload_json(payload) -> str:
-    """The payload as compact JSON text (see the module docstring for non-JSON values).
-
-    Most payloads are plain JSON values (bytes values at most): json encodes those in one C pass.
-    A NaN or a bin map key makes it refuse, and the payload is then converted value by value. (A map
-    with an integer key and a string key that spell the same, {1: .., "1": ..}, keeps both in the
-    text; JSON readers take the last.)
-    """
-    try:
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=_bytes_default)
-    except (ValueError, TypeError):
-        return json.dumps(_jsonable(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def payload_json(packed) -> str:
+    """A payload, given as its msgpack encoding (any buffer), as compact JSON text (see the module docstring)."""
+    if _NON_FINITE.search(packed) is None:
+        try:
+            return _JSON.encode(_VALUE.decode(packed)).decode()
+        except (TypeError, ValueError, msgspec.MsgspecError):  # a key JSON cannot spell, and the like
+            pass
+    return _JSON.encode(_jsonable(decode_trusted(packed))).decode()
 
 
 def rev(raw: bytes) -> int:
@@ -87,24 +118,20 @@ def rev(raw: bytes) -> int:
 
 def job_row(raw: bytes, errors: list) -> tuple[tuple, list]:
     """The SQLite row (in COLUMNS order) of one LMDB job record and its error records, and its tags."""
-    raw = bytes(raw)
-    job = decode_trusted(raw)
-    messages = [str(e.get("error") or "") for e in errors]
-    last = job.get("last_error")
-    if last and last not in messages:
-        messages.append(str(last))
-    text = "\n".join(messages)
-    if len(text) > ERRORS_TEXT_MAX:
-        text = text[:ERRORS_TEXT_MAX]
-    priority = job.get("priority") or "normal"
+    job = _RECORD.decode(raw)
+    last = job.last_error
+    text = None
+    if errors or last:
+        messages = [str(e.get("error") or "") for e in errors]
+        if last and last not in messages:
+            messages.append(str(last))
+        text = "\n".join(messages)[:ERRORS_TEXT_MAX]
+    tags = job.tags
     return (
-        job["id"], rev(raw), job.get("queue") or "", job.get("state") or "", priority,
-        PRIORITY_LEVEL.get(priority, 1), int(job.get("attempt") or 0), job.get("max_retries"),
-        int(job.get("created_at") or 0), job.get("run_at"), job.get("started_at"), job.get("completed_at"),
-        job.get("failed_at"), job.get("expire_at"), job.get("updated_at"), job.get("worker_id"),
-        job.get("batch_id"), job.get("unique_key"), 1 if (errors or last) else 0, len(errors),
-        text or None, payload_json(job.get("payload")), raw,
-    ), [(job["id"], str(k), str(v)) for k, v in (job.get("tags") or {}).items()]
+        job.id, zlib.crc32(raw), job.queue or "", job.state or "", PRIORITY_LEVEL.get(job.priority, 1),
+        int(job.attempt or 0), int(job.created_at or 0), job.run_at, job.started_at, job.completed_at,
+        job.expire_at, job.updated_at, job.worker_id, job.batch_id, job.unique_key, text, payload_json(job.payload),
+    ), [(job.id, str(k), str(v)) for k, v in tags.items()] if tags else []
 
 
 def public_job(record: bytes) -> dict:

@@ -78,6 +78,17 @@ class JobSource:
             return out
         return self._run(fn)
 
+    def records(self, ids) -> dict:
+        """{id: raw record} of the given ids that LMDB holds (what a search page shows)."""
+        def fn(txn, dbs):
+            out = {}
+            for job_id in ids:
+                raw = txn.get(job_id.encode(), db=dbs["jobs"])
+                if raw is not None:
+                    out[job_id] = bytes(raw)
+            return out
+        return self._run(fn)
+
     def scan(self, after: str | None, limit: int, errors: bool = False) -> list[tuple]:
         """Up to `limit` (id, raw record) in id order, after `after` (exclusive); with `errors`,
         (id, raw record, error records)."""

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from jobbie.storage.env import Store
-from jobbie.storage.machine import applied_index
+from jobbie.actors.mirror.rows import COLUMNS, job_row
+from jobbie.actors.mirror.source import JobSource
 from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
 from jobbie.transport.ops import OPS
@@ -46,17 +46,17 @@ def wait_mirrored(client: Client, timeout: float = 20.0, target: int | None = No
 
 
 def lmdb_and_mirror(data_dir: str):
-    """(LMDB jobs, LMDB applied index, mirrored jobs, mirrored index), each job as its raw msgpack record."""
-    store = Store(os.path.join(data_dir, "lmdb"), readonly=True)
+    """(LMDB jobs, LMDB applied index, mirrored jobs, mirrored index), each job as its SQLite row:
+    the mirror's row, and the row its LMDB record and errors make (rev, the record's CRC, included)."""
+    source = JobSource(os.path.join(data_dir, "lmdb"))
     try:
-        with store.begin() as txn:
-            truth = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(db=store.dbs["jobs"])}
-            applied = applied_index(txn, store.dbs)
+        truth = {job_id: job_row(raw, errors)[0] for job_id, raw, errors in source.scan(None, 10**7, errors=True)}
+        applied = source.applied_index()
     finally:
-        store.close()
+        source.close()
     conn = sqlite3.connect(os.path.join(data_dir, "mirror.sqlite"), timeout=10)
     try:
-        mirrored = {job_id: bytes(record) for job_id, record in conn.execute("SELECT id, record FROM jobs")}
+        mirrored = {row[0]: row for row in conn.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs")}
         index = conn.execute("SELECT value FROM meta WHERE key = 'mirrored_index'").fetchone()[0]
     finally:
         conn.close()
