@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 
 from jobbie.transport.client import Client
 
@@ -46,6 +47,40 @@ def prefill(endpoint: str, jobs: int, queue: str = S.QUEUE):
         batch = [{"queue": queue, "payload": {"data": "x" * 48}} for _ in range(1000)]
         for _ in range(max(1, jobs // 1000)):
             client.call("enqueue_batch", jobs=batch)
+
+
+def actor_pids(endpoint: str) -> dict:
+    """{actor name: pid} of a node (its status), for reading the actors' CPU time."""
+    try:
+        with Client(endpoint, timeout=5) as client:
+            return {a["name"]: a["pid"] for a in client.status().get("actors") or () if a.get("pid")}
+    except Exception:  # an old or remote node: no CPU figures
+        return {}
+
+
+def cpu_seconds(pids: dict) -> dict:
+    """{actor name: user + system CPU seconds so far} of the processes readable here (same machine)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def wait_mirror_idle(endpoint: str, timeout: float = 60.0):
+    """Wait until the node's mirror has caught up (lag 0, nothing waiting), so a run measures steady state."""
+    deadline = time.monotonic() + timeout
+    with Client(endpoint, timeout=5) as client:
+        while time.monotonic() < deadline:
+            m = client.status().get("mirror") or {}
+            if not m or (m.get("lag") == 0 and not m.get("backlog") and m.get("repair") is None):
+                return
+            time.sleep(0.05)
 
 
 class Bench:
@@ -105,7 +140,17 @@ class Bench:
                 workload = S.Mixed(work_ms=work_ms)
             else:
                 raise ValueError(f"unknown scenario {name!r}")
+            if self.mirror and name == "lifecycle":
+                wait_mirror_idle(node.endpoint)  # the prefill's rows are written before the clock starts
+            pids = actor_pids(node.endpoint) if not self.server else {}
+            before = cpu_seconds(pids)
             result = summarize(run(node.endpoint, workload, concurrency, self.duration))
+            if pids:
+                time.sleep(0.3)  # the mirror writes the run's last changes (it takes them in every 100 ms)
+                after = cpu_seconds(pids)
+                units = max(1.0, result["ops_per_s"] * self.duration)
+                result["cpu_us_per_op"] = {n: round(1e6 * (after[n] - before[n]) / units, 1)
+                                           for n in after if n in before}
         extra = {}
         if ceiling and name == "unary":
             extra["ceiling_ops_per_s"] = ceiling
@@ -150,17 +195,40 @@ def medians(records: list[dict]) -> list[dict]:
     return out
 
 
-def mirror_cost(rows: list[dict]) -> list[dict]:
-    """For each (scenario, clients) measured with the mirror on and off: on ÷ off of the medians."""
+def mirror_cost(rows: list[dict], records: list[dict] = ()) -> list[dict]:
+    """For each (scenario, clients) measured with the mirror on and off: on ÷ off of the medians, the
+    on ÷ off of each pair of runs (same repeat, one after the other, so the machine's drift hits both
+    alike) and the mirror's share of the node's CPU in the runs with it on."""
     by_key = {(r["scenario"], r["concurrency"], r.get("mirror")): r for r in rows}
     out = []
     for (scenario, concurrency, mirror), on in by_key.items():
         off = by_key.get((scenario, concurrency, False))
         if mirror is True and off is not None and off["ops_per_s"]:
+            runs = [r for r in records if r["scenario"] == scenario and r["concurrency"] == concurrency]
+            pairs: dict = {}
+            for r in runs:
+                pairs.setdefault(r["repeat"], {})[bool(r.get("mirror"))] = r["ops_per_s"]
+            ratios = sorted(p[True] / p[False] for p in pairs.values() if p.get(True) and p.get(False))
+            shares = [r["cpu_us_per_op"]["mirror"] / sum(r["cpu_us_per_op"].values())
+                      for r in runs if r.get("mirror") and r.get("cpu_us_per_op", {}).get("mirror") is not None]
             out.append({"scenario": scenario, "concurrency": concurrency, "on_ops_per_s": on["ops_per_s"],
                         "off_ops_per_s": off["ops_per_s"], "on_over_off": on["ops_per_s"] / off["ops_per_s"],
-                        "on_p99_ms": on["p99_ms"], "off_p99_ms": off["p99_ms"]})
+                        "on_p99_ms": on["p99_ms"], "off_p99_ms": off["p99_ms"], "pair_ratios": ratios,
+                        "pair_median": statistics.median(ratios) if ratios else None,
+                        "mirror_cpu_share": statistics.median(shares) if shares else None})
     return out
+
+
+def cost_line(c: dict) -> str:
+    line = (f"mirror on/off: {c['scenario']} c{c['concurrency']} {c['on_over_off']:.3f} "
+            f"({c['on_ops_per_s']:,.0f} / {c['off_ops_per_s']:,.0f} ops/s; "
+            f"p99 {c['on_p99_ms']:.2f} / {c['off_p99_ms']:.2f} ms)")
+    if c.get("pair_ratios"):
+        r = c["pair_ratios"]
+        line += f"; pairs: median {c['pair_median']:.3f}, {r[0]:.3f}-{r[-1]:.3f} over {len(r)}"
+    if c.get("mirror_cpu_share") is not None:
+        line += f"; mirror {c['mirror_cpu_share']:.1%} of the node's CPU"
+    return line
 
 
 def markdown(rows: list[dict]) -> str:
@@ -222,7 +290,7 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
                     bench.scenario(name, c, repeat, roof, batch_size=batch_size, work_ms=work_ms)
         bench.progress(f"-- repeat {repeat + 1}/{repeats} done ({(repeat + 1) * len(levels)}/{total} sweeps)")
     rows = medians(bench.records)
-    cost = mirror_cost(rows)
+    cost = mirror_cost(rows, bench.records)
     if json_out:
         with open(json_out, "a") as f:
             for r in bench.records:
@@ -238,6 +306,4 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
     else:
         print(table)
         for c in cost:
-            print(f"mirror on/off: {c['scenario']} c{c['concurrency']} {c['on_over_off']:.3f} "
-                  f"({c['on_ops_per_s']:,.0f} / {c['off_ops_per_s']:,.0f} ops/s; "
-                  f"p99 {c['on_p99_ms']:.2f} / {c['off_p99_ms']:.2f} ms)")
+            print(cost_line(c))
