@@ -71,10 +71,11 @@ class JobSource:
         """(id, raw record or None when gone, error records) for each id."""
         def fn(txn, dbs):
             out = []
+            errors = txn.cursor(db=dbs["errors"])
             for job_id in ids:
                 raw = txn.get(job_id.encode(), db=dbs["jobs"])
                 out.append((job_id, None if raw is None else bytes(raw),
-                            [] if raw is None else _errors(txn, dbs, job_id)))
+                            [] if raw is None else _errors(errors, job_id)))
             return out
         return self._run(fn)
 
@@ -94,6 +95,7 @@ class JobSource:
         (id, raw record, error records)."""
         def fn(txn, dbs):
             cur = txn.cursor(db=dbs["jobs"])
+            errors_cur = txn.cursor(db=dbs["errors"]) if errors else None
             out = []
             start = None if after is None else after.encode()
             if not (cur.first() if start is None else cur.set_range(start)):
@@ -102,7 +104,7 @@ class JobSource:
                 if start is not None and key == start:
                     continue
                 job_id = bytes(key).decode()
-                out.append((job_id, bytes(value), _errors(txn, dbs, job_id)) if errors else (job_id, bytes(value)))
+                out.append((job_id, bytes(value), _errors(errors_cur, job_id)) if errors else (job_id, bytes(value)))
                 if len(out) >= limit:
                     break
             return out
@@ -114,8 +116,8 @@ class JobSource:
             self.store = None
 
 
-def _errors(txn, dbs, job_id: str) -> list:
-    cur = txn.cursor(db=dbs["errors"])
+def _errors(cur, job_id: str) -> list:
+    """The error records of one job, read with `cur`, a cursor on the errors table (one per transaction)."""
     prefix = K.error_prefix(job_id)
     out = []
     if cur.set_range(prefix):
