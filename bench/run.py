@@ -73,12 +73,13 @@ def cpu_seconds(pids: dict) -> dict:
 
 
 def wait_mirror_idle(endpoint: str, timeout: float = 60.0):
-    """Wait until the node's mirror has caught up (lag 0, nothing waiting), so a run measures steady state."""
+    """Wait until the node's mirror holds everything raft has applied now, so a run measures steady state."""
     deadline = time.monotonic() + timeout
     with Client(endpoint, timeout=5) as client:
+        target = client.status().get("applied_index") or 0
         while time.monotonic() < deadline:
             m = client.status().get("mirror") or {}
-            if not m or (m.get("lag") == 0 and not m.get("backlog") and m.get("repair") is None):
+            if not m or ((m.get("applied_index") or 0) >= target and not m.get("backlog") and m.get("repair") is None):
                 return
             time.sleep(0.05)
 
