@@ -23,7 +23,7 @@ import sys
 from jobbie.storage import states as st
 from jobbie.storage.machine import DEDUPE_TTL_MS, ERRORS_KEPT
 from jobbie.transport import ops as opsdef
-from jobbie.transport.codec import FRAME_BYTES_MAX
+from jobbie.transport.codec import FRAME_BYTES_MAX, FRAME_CUT_BYTES
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 PROTOCOL = os.path.join(DOCS, "protocol.md")
@@ -116,7 +116,8 @@ OK_EXTRA = {
                      "`entry_commit_ms` (admission to applied), `entry_ops` (ops per entry), each "
                      "`{count, p50, p90, p99, max}` over recent samples; and `admission` (in-flight counts, "
                      "limits, refusals)."),
-        ("gateway", "`{pending, parked_fetches, requests, invalid, timeouts}` counters of this gateway."),
+        ("gateway", "`{pending, parked_fetches, requests, invalid, oversize, timeouts}` counters of this gateway "
+                    "(`oversize`: request frames over 8 MiB, refused; `invalid` counts them too)."),
         ("warning", "Present only when the raft actor has not reported for 2 s."),
     ),
 }
@@ -275,8 +276,9 @@ def op_summary() -> str:
 def limits() -> str:
     lim = opsdef.Limits()
     rows = [
-        ("Frame size (ZeroMQ `MAXMSGSIZE` on the client socket)", f"{FRAME_BYTES_MAX} bytes (8 MiB)",
-         "larger frames are dropped by ZeroMQ and the connection is reset; no reply"),
+        ("Request frame", f"{FRAME_BYTES_MAX} bytes (8 MiB)",
+         f"larger frames up to {FRAME_CUT_BYTES} bytes (16 MiB) are answered `INVALID_ARGUMENT` / `too_large` and "
+         "counted; larger still are cut by ZeroMQ (`MAXMSGSIZE`): connection reset, no reply"),
         ("Encoded `payload` of one job (and `ack` `result`)", f"{lim.payload_bytes_max} bytes (1 MiB) by default",
          "`jobbie server --payload-max-bytes N`"),
         ("Jobs in one `enqueue_batch`", str(lim.batch_jobs_max), "fixed"),

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import msgpack
 
-#: Frames above this are cut at the socket (ZMQ_MAXMSGSIZE); below it every frame is answered.
+#: Request frames up to this are read and answered as requests (PROTOCOL.md).
 FRAME_BYTES_MAX = 8 * 1024 * 1024
+#: The gateway's ZMQ_MAXMSGSIZE: frames above FRAME_BYTES_MAX and up to this are read only to be
+#: refused (INVALID_ARGUMENT too_large, counted); larger ones are cut by ZeroMQ, which resets the
+#: connection and reports nothing that tells the cut from a client going away.
+FRAME_CUT_BYTES = 16 * 1024 * 1024
 
 
 class DecodeError(ValueError):
@@ -38,6 +42,24 @@ def _map_without_duplicates(pairs):
                 raise DecodeError(f"map has the key {str(key)[:64]!r} twice")
             seen.add(key)
     return out
+
+
+def peek_request_id(data: bytes) -> int:
+    """The `id` of a request frame too large to decode (-1 when it cannot be found cheaply).
+
+    Reads the top map key by key and skips every value but the id's without building it.
+    """
+    try:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data) or 1)
+        unpacker.feed(data)
+        for _ in range(min(unpacker.read_map_header(), 8)):
+            if unpacker.unpack() == "id":
+                value = unpacker.unpack()
+                return value if type(value) is int and -2**63 <= value < 2**64 else -1
+            unpacker.skip()
+    except Exception:  # not a map, truncated, anything: no id
+        pass
+    return -1
 
 
 def encode(obj) -> bytes:

@@ -20,7 +20,7 @@ import zmq
 from jobbie.storage import reads
 from jobbie.storage.env import Store, store_ready
 from jobbie.transport import codec, ops as opsdef
-from jobbie.transport.codec import FRAME_BYTES_MAX
+from jobbie.transport.codec import FRAME_CUT_BYTES
 from jobbie.transport.errors import Unavailable
 from jobbie.transport.ids import IdGenerator
 from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
@@ -82,7 +82,7 @@ class GatewayActor(PumpActor):
 
     def open_sockets(self, ctx):
         cfg = self.config
-        clients = socket(ctx, zmq.ROUTER, maxmsgsize=FRAME_BYTES_MAX)
+        clients = socket(ctx, zmq.ROUTER, maxmsgsize=FRAME_CUT_BYTES)
         clients.setsockopt(zmq.ROUTER_HANDOVER, 1)
         clients.bind(cfg.bind)
         log.info("gateway %s serving %s", cfg.node_id, cfg.bind)

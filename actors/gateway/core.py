@@ -79,7 +79,7 @@ class GatewayCore:
         self.raft_status: dict = {}
         self.admission_status: dict = {}
         self.actors: list = []
-        self.stats = {"requests": 0, "invalid": 0, "timeouts": 0}
+        self.stats = {"requests": 0, "invalid": 0, "oversize": 0, "timeouts": 0}
         # Newest raft index whose results this gateway has seen: a mirror op carries it, and the
         # mirror answers once it holds the changes up to there (read your acknowledged writes).
         self.seen_index = 0
@@ -119,6 +119,13 @@ class GatewayCore:
             err = InvalidArgument("a request is one frame (or an empty delimiter frame and one frame)",
                                   reason="malformed")
             self.reply_error(ident, len(frames) > 2, -1, err)
+            return
+        if len(payload) > codec.FRAME_BYTES_MAX:
+            self.stats["invalid"] += 1
+            self.stats["oversize"] += 1
+            self.reply_error(ident, envelope, codec.peek_request_id(payload), InvalidArgument(
+                f"the request frame is {len(payload)} bytes, over the {codec.FRAME_BYTES_MAX}-byte (8 MiB) limit; "
+                "send fewer jobs per enqueue_batch, or large data by reference", reason="too_large"))
             return
         req_id = -1
         try:

@@ -24,7 +24,7 @@ import msgpack
 import pytest
 import zmq
 
-from jobbie.transport.codec import FRAME_BYTES_MAX
+from jobbie.transport.codec import FRAME_BYTES_MAX, FRAME_CUT_BYTES
 from jobbie.transport.ops import OPS
 
 from .conftest import Node
@@ -422,16 +422,31 @@ def test_frame_just_under_8_mib_is_answered_too_large(shared, raw):
     assert_usable(raw, state["snapshot"])
 
 
-def test_frame_over_8_mib_does_not_break_the_node(shared, raw):
+def test_frame_over_8_mib_is_answered_and_counted(shared, raw):
+    node, state = shared
+    oversize_before = node.status()["gateway"]["oversize"]
+    # Given a 9 MiB enqueue whose id comes after its args (other clients' encoders order keys freely)
+    frame = pack({"op": "enqueue", "args": {"queue": PROBE_QUEUE, "payload": b"x" * (FRAME_BYTES_MAX + 2**20)},
+                  "id": 12})
+    assert FRAME_BYTES_MAX < len(frame) < FRAME_CUT_BYTES
+    # When it is sent
+    reply = raw.roundtrip([frame], timeout=10.0)
+    state["sent"] += 1
+    # Then it is refused in one line naming its size and the limit, under its own id, and counted
+    assert_invalid(reply, 12, reason="too_large")
+    assert f"{len(frame)} bytes" in reply["err"]["message"] and "8 MiB" in reply["err"]["message"]
+    assert "field" not in reply["err"] or reply["err"]["field"] is None
+    assert node.status()["gateway"]["oversize"] == oversize_before + 1
+    assert_usable(raw, state["snapshot"])
+
+
+def test_frame_over_the_socket_cut_does_not_break_the_node(shared, raw):
     _, state = shared
-    # Given a frame over the 8 MiB cap, which may be cut at the socket with no reply
-    frame = pack({"id": 12, "op": "enqueue", "args": {"queue": PROBE_QUEUE, "payload": b"x" * (FRAME_BYTES_MAX + 1024)}})
+    # Given a frame over 16 MiB, which ZeroMQ cuts at the socket: no reply, the connection is reset
+    frame = pack({"id": 13, "op": "enqueue", "args": {"queue": PROBE_QUEUE, "payload": b"x" * (FRAME_CUT_BYTES + 1024)}})
     raw.send([frame])
-    reply = raw.recv(timeout=2.0)
-    if reply is not None:  # answering it is allowed too
-        state["sent"] += 1
-        assert_invalid(msgpack.unpackb(reply[-1], raw=False), 12, "payload", "too_large")
-    # Then the same socket (reconnected by ZeroMQ if the server cut it) gets normal answers
+    assert raw.recv(timeout=2.0) is None
+    # Then the same socket (reconnected by ZeroMQ) gets normal answers
     assert_usable(raw, state["snapshot"])
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobbie.transport.codec import DecodeError, decode, decode_trusted, encode
+from jobbie.transport.codec import DecodeError, decode, decode_trusted, encode, peek_request_id
 
 
 def _deep(levels: int, container: bytes) -> bytes:
@@ -141,3 +141,19 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(data):
         decode(data)
     except DecodeError:
         pass
+
+
+@pytest.mark.parametrize("frame,want", [
+    (encode({"id": 7, "op": "enqueue", "args": {"payload": b"x" * 100}}), 7),
+    (encode({"op": "enqueue", "args": {"payload": [1] * 100}, "id": 2**64 - 1}), 2**64 - 1),
+    (encode({"op": "enqueue", "args": {}}), -1),  # no id
+    (encode({"id": True, "op": "x"}), -1),  # a bool is not an id
+    (encode({"id": "7", "op": "x"}), -1),
+    (encode([7, "enqueue"]), -1),  # not a map
+    (encode({"op": "enqueue", "args": {"payload": b"x" * 100}, "id": 7})[:20], -1),  # cut before the id
+    (b"\xc1", -1),
+    (b"", -1),
+])
+def test_peek_request_id_reads_only_the_top_map(frame, want):
+    # Given a frame too large to decode / Then its id (wherever it sits in the map) or -1
+    assert peek_request_id(frame) == want
