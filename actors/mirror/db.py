@@ -270,7 +270,8 @@ class MirrorFiles:
         self.temp_path = path + ".rebuild"
 
     def open_live(self) -> tuple[MirrorDb | None, str]:
-        """The live file if it is sound: (db, "ok"); else (None, "missing" | "damaged: ...") with it removed."""
+        """The live file if it is sound: (db, "ok"); else (None, "missing" | "damaged: ..." | "of schema version N")
+        with it removed."""
         _remove(self.temp_path)  # what a rebuild cut short by a crash left behind
         if not os.path.exists(self.path):
             _remove(self.path)  # a stray -wal of a deleted file must not be replayed into a new one
@@ -283,7 +284,11 @@ class MirrorFiles:
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"schema version {version and version[0]}, expected {SCHEMA_VERSION}")
+                conn.close()
+                log.warning("mirror file %s has schema version %s, this jobbie writes %d; it will be rebuilt "
+                            "from LMDB", self.path, version and version[0], SCHEMA_VERSION)
+                _remove(self.path)
+                return None, f"of schema version {version and version[0]}"
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()

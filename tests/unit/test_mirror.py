@@ -525,6 +525,24 @@ def test_a_damaged_file_is_rebuilt_at_start_and_searches_wait(tmp_path, h):
     assert core.rebuilds == 1
 
 
+def test_a_file_of_an_older_schema_is_rebuilt_at_start(tmp_path, h, caplog):
+    populate(h)
+    # Given a mirror file written by an older jobbie (schema version 1: rows with the record blob)
+    conn = sqlite3.connect(str(tmp_path / "mirror.sqlite"))
+    conn.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+                       "CREATE TABLE jobs (id TEXT PRIMARY KEY, record BLOB NOT NULL);"
+                       "INSERT INTO meta VALUES ('schema_version', 1), ('mirrored_index', 3);")
+    conn.close()
+    # When the mirror starts
+    core = make_core(tmp_path, h)
+    # Then it says why in one line (not "damaged"), rebuilds the file and holds every job
+    assert core.repair.kind == "rebuild" and core.repair.reason == "file of schema version 1"
+    assert any("schema version 1, this jobbie writes 2" in r.getMessage() for r in caplog.records)
+    settle(core)
+    assert_mirror_equals_lmdb(core, h)
+    assert core.live.meta("schema_version") == 2 and core.rebuilds == 1
+
+
 def test_a_deleted_file_is_rebuilt(zoo, tmp_path):
     h, core, _ = zoo
     (tmp_path / "mirror.sqlite").unlink()
