@@ -35,6 +35,8 @@ class NodeConfig:
     lifecycle_interval_ms: int = 50
     #: Lifecycle: delete completed and cancelled jobs this long after they finished (0: keep them).
     completed_retention_ms: int = 7 * 86_400_000
+    #: Lifecycle: delete worker records not seen by fetch or heartbeat for this long (0: keep them).
+    worker_retention_ms: int = 86_400_000
     #: Run the mirror actor (SQLite view: search, bulk). Off: those ops answer UNAVAILABLE.
     mirror: bool = True
     #: Raft entries between snapshots (log compaction); >= 100.

@@ -50,7 +50,7 @@ class Cli(ManageCommands, SearchCommands):
                node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024,
                inflight_max: int = 50_000, inflight_per_client_max: int = 10_000, snapshot_every: int = 20_000,
                raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
-               completed_retention_ms: int = 7 * 86_400_000):
+               completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Args:
@@ -74,6 +74,8 @@ class Cli(ManageCommands, SearchCommands):
           rejoin: This node lost its data dir; start empty and catch up from the leader (with --peers).
           completed_retention_ms: Delete completed and cancelled jobs this long after they finished
             (default 7 days; 0 keeps them). The leader's value applies to the whole cluster.
+          worker_retention_ms: Forget workers (list_workers) not seen by fetch or heartbeat for this long
+            (default 1 day; 0 keeps them). The leader's value applies to the whole cluster.
         """
         from jobbie.actors.config import NodeConfig
         from jobbie.actors.supervisor import run_server
@@ -84,6 +86,7 @@ class Cli(ManageCommands, SearchCommands):
                             inflight_max=int(inflight_max), inflight_per_client_max=int(inflight_per_client_max),
                             snapshot_every_entries=max(100, int(snapshot_every)),
                             completed_retention_ms=max(0, int(completed_retention_ms)),
+                            worker_retention_ms=max(0, int(worker_retention_ms)),
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
                             mirror=_flag(mirror))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))

@@ -9,6 +9,7 @@ from . import keys as K
 from .machine import applied_index
 from .queues import window_reopens_at
 from .states import DEAD, STATES
+from .tick import SWEEP_AT
 
 #: Job ids list_workers shows per worker (the `active` count is exact).
 WORKER_JOBS_SHOWN = 100
@@ -49,13 +50,15 @@ def list_queues(txn, dbs) -> list[dict]:
     return out
 
 
-def next_deadline(txn, dbs, dedupe_ttl_ms: int, completed_retention_ms: int | None = None) -> int | None:
+def next_deadline(txn, dbs, dedupe_ttl_ms: int, completed_retention_ms: int | None = None,
+                  worker_retention_ms: int | None = None) -> int | None:
     """The earliest time (state-clock ms) at which a `tick` has work to do, or None.
 
     Heads of the time indexes (due jobs, leases, TTLs, cron schedules), the oldest
     dedupe record + its TTL, the oldest finished job + the retention (when one is
-    given: the lifecycle passes the value it puts in its ticks), and the moment a
-    used-up throttle window of a queue with pending jobs ends.
+    given: the lifecycle passes the value it puts in its ticks), the next sweep of
+    the worker records (when a worker retention is given and there are workers),
+    and the moment a used-up throttle window of a queue with pending jobs ends.
     """
     times = []
     for name in ("due", "leases", "expiry", "schedule_due"):
@@ -69,6 +72,9 @@ def next_deadline(txn, dbs, dedupe_ttl_ms: int, completed_retention_ms: int | No
         cur = txn.cursor(db=dbs["done"])
         if cur.first():
             times.append(K.parse_time_key(cur.key())[0] + completed_retention_ms)
+    if worker_retention_ms and txn.cursor(db=dbs["workers"]).first():
+        raw = txn.get(SWEEP_AT, db=dbs["meta"])
+        times.append(0 if raw is None else K.read_u64(raw))
     for name in txn.cursor(db=dbs["throttled"]).iternext(keys=True, values=False):
         raw = txn.get(name, db=dbs["queues"])
         at = None if raw is None else window_reopens_at(decode_trusted(raw))

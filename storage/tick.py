@@ -12,12 +12,16 @@ work is due (actors/lifecycle). One tick, each kind of work bounded by `limit`:
   (a throttled fetch just returns fewer jobs, so nothing else would);
 - prune completed and cancelled jobs finished more than
   `completed_retention_ms` ago, when the op carries it (the lifecycle puts its
-  node's configured value there, so the rule is in the log and replicated).
+  node's configured value there, so the rule is in the log and replicated);
+- delete worker records not seen (fetch, heartbeat) for `worker_retention_ms`,
+  when the op carries it: a sweep in id order, `limit` records per tick, a
+  pass every minute (or every retention, if shorter, at most once a second).
 
 A kind that hit `limit` makes the lifecycle tick again at once.
 """
 from __future__ import annotations
 
+from jobbie.transport.codec import decode_trusted
 from jobbie.transport.errors import check
 
 from . import keys as K
@@ -72,6 +76,49 @@ def prune_finished(a: Apply, retention_ms: int, limit: int) -> int:
     return pruned
 
 
+#: How often the worker records are swept (when the tick carries `worker_retention_ms`): every
+#: minute, or every retention when that is shorter, but not more than once a second.
+WORKER_SWEEP_EVERY_MS = 60_000
+WORKER_SWEEP_MIN_MS = 1000
+#: meta keys of the sweep: the worker id it stopped after (absent: start over), and when it is next due.
+SWEEP_AFTER, SWEEP_AT = b"worker_sweep_after", b"worker_sweep_at"
+
+
+def sweep_workers(a: Apply, retention_ms: int, limit: int) -> int:
+    """Delete the worker records not seen for `retention_ms`, looking at up to `limit` records.
+
+    Worker records are keyed by id, not by time, so they are swept in id order a chunk per tick,
+    the position kept in meta; a full pass is due again WORKER_SWEEP_EVERY_MS (or the retention, when
+    shorter; at least WORKER_SWEEP_MIN_MS) after the last ended.
+    Returns how many records were deleted.
+    """
+    if a.now < a.meta_int(SWEEP_AT):
+        return 0
+    after = a.txn.get(SWEEP_AFTER, db=a.db["meta"])
+    cur = a.txn.cursor(db=a.db["workers"])
+    found = cur.set_range(bytes(after)) if after is not None else cur.first()
+    if found and after is not None and bytes(cur.key()) == bytes(after):
+        found = cur.next()
+    seen = deleted = 0
+    stale = []
+    while found and seen < limit:
+        key = bytes(cur.key())
+        if decode_trusted(cur.value())["last_seen_at"] <= a.now - retention_ms:
+            stale.append(key)
+        seen += 1
+        found = cur.next()
+    for key in stale:
+        a.txn.delete(key, db=a.db["workers"])
+        deleted += 1
+    if found:  # stopped at the limit: go on from here at once
+        a.txn.put(SWEEP_AFTER, key, db=a.db["meta"])
+        a.set_meta_int(SWEEP_AT, a.now)
+    else:
+        a.txn.delete(SWEEP_AFTER, db=a.db["meta"])
+        a.set_meta_int(SWEEP_AT, a.now + max(WORKER_SWEEP_MIN_MS, min(WORKER_SWEEP_EVERY_MS, retention_ms)))
+    return deleted
+
+
 def handle_tick(a: Apply, args: dict, ids: list) -> dict:
     limit = args.get("limit", 1000)
     promoted = reclaimed = expired = 0
@@ -107,6 +154,9 @@ def handle_tick(a: Apply, args: dict, ids: list) -> dict:
     woken = wake_throttled(a)
     retention = args.get("completed_retention_ms")
     pruned = prune_finished(a, retention, limit) if retention else 0
+    worker_retention = args.get("worker_retention_ms")
+    workers = sweep_workers(a, worker_retention, limit) if worker_retention else 0
     # The three historic counts always; the newer ones only when non-zero (tick is internal).
-    extra = {k: v for k, v in (("fired", fired), ("woken", woken), ("pruned", pruned)) if v}
+    extra = {k: v for k, v in (("fired", fired), ("woken", woken), ("pruned", pruned),
+                               ("workers_pruned", workers)) if v}
     return _ok(promoted=promoted, reclaimed=reclaimed, expired=expired, **extra)

@@ -194,11 +194,14 @@ _op("cluster_remove", "control", "Remove a voter from the raft cluster (then sto
     Arg("address", "raft_address", "The node's raft address, host:port.", required=True),
 ), ok=())
 _op("tick", "internal", "Lifecycle: promote due jobs, reclaim expired leases, expire TTLs, drop old dedupe records, "
-    "fire due cron schedules, wake throttled queues whose window reopened, prune old finished jobs.", (
+    "fire due cron schedules, wake throttled queues whose window reopened, prune old finished jobs and "
+    "long-unseen worker records.", (
     Arg("limit", "int", "Items of each kind handled at most.", default=1000, low=1, high=100_000),
     Arg("completed_retention_ms", "int", "Delete completed and cancelled jobs that finished at least this long "
         "ago (the lifecycle's `--completed-retention-ms`; absent: keep them).", low=1, high=100 * YEAR_MS),
-), ok=("promoted", "reclaimed", "expired", "fired", "woken", "pruned"))
+    Arg("worker_retention_ms", "int", "Delete worker records not seen by fetch or heartbeat for this long "
+        "(the lifecycle's `--worker-retention-ms`; absent: keep them).", low=1, high=100 * YEAR_MS),
+), ok=("promoted", "reclaimed", "expired", "fired", "woken", "pruned", "workers_pruned"))
 
 HEARTBEAT_JOB_FIELDS = ("progress", "checkpoint", "usage", "attempt")
 

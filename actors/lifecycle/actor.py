@@ -30,7 +30,8 @@ class LifecycleActor(PumpActor):
         self.config = config
         self.tick_s = config.lifecycle_interval_ms / 1000.0
         self.core = LifecycleCore(time.time_ns() & 0x7FFFFFFFFFFF,
-                                  completed_retention_ms=config.completed_retention_ms)
+                                  completed_retention_ms=config.completed_retention_ms,
+                                  worker_retention_ms=config.worker_retention_ms)
         self.path = config.lmdb_path
         self.store = None
         self.lmdb_id = None
@@ -50,7 +51,8 @@ class LifecycleActor(PumpActor):
                     return None
                 self.store = Store(self.path, readonly=True)
             with self.store.begin() as txn:
-                return reads.next_deadline(txn, self.store.dbs, DEDUPE_TTL_MS, self.core.completed_retention_ms)
+                return reads.next_deadline(txn, self.store.dbs, DEDUPE_TTL_MS, self.core.completed_retention_ms,
+                                           self.core.worker_retention_ms)
         except lmdb.Error as exc:
             # Not created yet, or replaced under us: open it afresh next time.
             log.warning("cannot read the store yet: %s", exc)

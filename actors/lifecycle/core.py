@@ -23,15 +23,17 @@ from jobbie.transport import codec
 LC = "lc"
 TICK_LIMIT = 1000
 #: Counts of a tick result that stop at TICK_LIMIT (a full one: tick again at once).
-FULL_COUNTS = ("promoted", "reclaimed", "expired", "fired", "pruned")
+FULL_COUNTS = ("promoted", "reclaimed", "expired", "fired", "pruned")  # (a worker sweep that stops at the
+# limit is due again at once by storage.reads.next_deadline)
 
 
 class LifecycleCore:
     def __init__(self, incarnation: int, tick_timeout_s: float = 3.0, status_stale_s: float = 2.0,
-                 completed_retention_ms: int | None = None):
+                 completed_retention_ms: int | None = None, worker_retention_ms: int | None = None):
         self.incarnation = incarnation
         #: None or 0: finished jobs are kept.
         self.completed_retention_ms = completed_retention_ms or None
+        self.worker_retention_ms = worker_retention_ms or None
         self.tick_timeout_s = tick_timeout_s
         self.status_stale_s = status_stale_s
         self.leader = False
@@ -68,6 +70,8 @@ class LifecycleCore:
         args = {"limit": TICK_LIMIT}
         if self.completed_retention_ms:
             args["completed_retention_ms"] = self.completed_retention_ms
+        if self.worker_retention_ms:
+            args["worker_retention_ms"] = self.worker_retention_ms
         return tag, codec.encode({"op": "tick", "args": args, "now": now_ms, "tag": tag})
 
     def on_applied(self, msg: dict):

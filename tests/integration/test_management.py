@@ -245,6 +245,26 @@ def test_completed_jobs_are_pruned_after_the_retention(node_factory):
     assert row["completed"] == 0 and row["dead"] == 1
 
 
+def test_workers_not_seen_for_the_retention_are_forgotten(node_factory):
+    node = node_factory("worker-retention", extra_args=["--worker-retention-ms", "800"])
+    client = node.client()
+    client.enqueue("wr", 1)
+    # Given a worker that fetched once and then went away
+    assert client.fetch("wr", "w-gone", count=1)
+    assert [w["worker_id"] for w in client.call("list_workers")["workers"]] == ["w-gone"]
+    seen = time.monotonic()
+
+    def forgotten():
+        return client.call("list_workers")["workers"] == []
+
+    # Then the lifecycle's sweep forgets it after about the retention (a pass a second at most)
+    wait_for(forgotten, 10, interval=0.05, message="the worker to be forgotten")
+    assert 0.7 <= time.monotonic() - seen < 5
+    # And it is listed again once it fetches again
+    client.fetch("wr", "w-gone", count=1)
+    assert [w["worker_id"] for w in client.call("list_workers")["workers"]] == ["w-gone"]
+
+
 # ====================================================================== CLI
 
 def test_management_commands(node, client):

@@ -23,6 +23,7 @@ from jobbie.transport.codec import decode_trusted
 
 T0 = 1_700_000_000_000  # Harness.T0; a Tuesday, 22:13:20 UTC
 MINUTE = 60_000
+HOUR = 3_600_000
 DAY = 86_400_000
 
 
@@ -415,6 +416,62 @@ def test_list_workers_shows_who_holds_what(h):
     assert [w["worker_id"] for w in rest["workers"]] == ["w-c"] and rest["cursor"] is None
 
 
+def worker_ids(h) -> list:
+    return [w["worker_id"] for w in read(h, "list_workers")["workers"]]
+
+
+def test_workers_not_seen_for_the_retention_are_forgotten(h):
+    h.enqueue()
+    h.fetch(worker_id="w-old", now=T0)
+    h.fetch(worker_id="w-new", now=T0 + 50 * MINUTE)
+    retention = HOUR
+    with h.store.begin() as txn:
+        # The first sweep is due at once once there are workers (and only with a retention)
+        assert reads.next_deadline(txn, h.dbs, DEDUPE_TTL_MS, None, retention) == 0
+        assert reads.next_deadline(txn, h.dbs, DEDUPE_TTL_MS, None, None) != 0
+    # Before the retention has passed for anyone, nobody goes
+    assert "workers_pruned" not in h.ok("tick", {"limit": 10, "worker_retention_ms": retention}, now=T0 + HOUR - 1)
+    # The next pass is a minute later; then the worker unseen for an hour goes, the other stays
+    with h.store.begin() as txn:
+        assert reads.next_deadline(txn, h.dbs, DEDUPE_TTL_MS, None, retention) == T0 + HOUR - 1 + 60_000
+    assert "workers_pruned" not in h.ok("tick", {"limit": 10, "worker_retention_ms": retention}, now=T0 + HOUR)
+    result = h.ok("tick", {"limit": 10, "worker_retention_ms": retention}, now=T0 + HOUR + 60_000)
+    assert result["workers_pruned"] == 1 and worker_ids(h) == ["w-new"]
+    # Without the arg (an older lifecycle, or --worker-retention-ms 0) nothing is forgotten
+    assert "workers_pruned" not in h.ok("tick", {"limit": 10}, now=T0 + 100 * DAY)
+    assert worker_ids(h) == ["w-new"]
+    # A forgotten worker that fetches again is listed again
+    h.fetch(worker_id="w-old", now=T0 + 100 * DAY)
+    assert worker_ids(h) == ["w-new", "w-old"]
+
+
+def test_the_worker_sweep_goes_a_chunk_per_tick_and_keeps_its_place(h):
+    h.enqueue()
+    for i in (0, 2, 4, 6, 1, 3, 5):  # the even ones a day before the odd ones (the state clock only goes on)
+        h.fetch(worker_id=f"w{i}", now=T0 + (0 if i % 2 == 0 else DAY))
+    args = {"limit": 3, "worker_retention_ms": HOUR}
+    seen = []
+    now = T0 + DAY + HOUR - 1  # the even ones are stale, the odd ones not yet
+    for _ in range(3):
+        seen.append(h.ok("tick", args, now=now).get("workers_pruned", 0))
+        with h.store.begin() as txn:
+            due = reads.next_deadline(txn, h.dbs, DEDUPE_TTL_MS, None, HOUR)
+        if due > now:
+            break
+    # Three ticks of at most three records each looked at all seven; the next pass waits a minute
+    assert seen == [2, 1, 1] and due == now + 60_000
+    assert worker_ids(h) == ["w1", "w3", "w5"]
+    assert h.meta_int(b"worker_sweep_at") == now + 60_000
+
+
+@pytest.mark.parametrize("retention,every", [(HOUR, 60_000), (5000, 5000), (10, 1000)])
+def test_the_next_worker_sweep_waits_a_minute_or_the_retention_but_a_second_at_least(h, retention, every):
+    h.enqueue()
+    h.fetch(worker_id="w", now=T0)
+    h.ok("tick", {"limit": 10, "worker_retention_ms": retention}, now=T0 + 1)
+    assert h.meta_int(b"worker_sweep_at") == T0 + 1 + every
+
+
 # ====================================================================== list_dead
 
 def test_list_dead_by_queue_and_over_all_queues_with_a_cursor(h):
@@ -605,6 +662,9 @@ def test_lifecycle_puts_its_retention_in_every_tick():
     tag, op = core.decide(0.1, 0)
     assert codec.decode(op)["args"] == {"limit": TICK_LIMIT, "completed_retention_ms": 5000}
     assert LifecycleCore(incarnation=1, completed_retention_ms=0).completed_retention_ms is None
+    core = LifecycleCore(incarnation=1, worker_retention_ms=HOUR)
+    core.on_status({"k": "raft_status", "role": "leader"}, 0.0)
+    assert codec.decode(core.decide(0.1, 0)[1])["args"] == {"limit": TICK_LIMIT, "worker_retention_ms": HOUR}
 
 
 @pytest.mark.parametrize("field", ["fired", "pruned"])
