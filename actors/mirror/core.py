@@ -1,8 +1,8 @@
 """The mirror's rules: keep SQLite in step with LMDB, answer searches, drive bulk runs.
 
 It owns:
-- the change feed. After each apply that changed jobs, raft sends
-  `{"k": "changes", "index": i, "prev": p, "jobs": [ids]}`, where `prev` is
+- the change feed. After each apply, raft sends (coalesced, actors/raft/core.py
+  FeedBatch) `{"k": "changes", "index": i, "prev": p, "jobs": [ids]}`, where `prev` is
   the index of the previous changes frame that raft process sent (for its
   first frame, the LMDB applied index it started from). The mirror re-reads
   those ids from LMDB (never trusting a copy in the frame) and upserts or
@@ -52,8 +52,9 @@ CHUNK_JOBS = 2000
 #: How long raft's report may stay ahead of M, with no frame arriving, before the mirror reconciles.
 STALL_S = 2.0
 #: How long a search or bulk request may wait for the changes up to its `min_index` (the gateway's
-#: newest result) before it is answered from what the mirror holds. Raft's status, which moves M
-#: past entries that changed no job, comes every 0.2 s.
+#: newest result) before it is answered from what the mirror holds. Frames come within ~10 ms of
+#: an apply (also for entries that changed no job); waiting longer means they were lost or the
+#: mirror is behind.
 CATCH_UP_S = 0.25
 #: Ops that wait for `min_index` (rebuild_mirror and bulk_status read no rows).
 WAIT_FOR_INDEX = ("search_jobs", "bulk")
@@ -194,7 +195,8 @@ class MirrorCore:
             elif index > newest:
                 newest = index
             ids.update(dict.fromkeys(frame.get("jobs") or ()))
-        if not ids:
+        if not ids:  # entries that changed no job: nothing to write, M moves on (saved with the next write)
+            self.index = max(self.index, newest)
             return
         try:
             changes = self.source.read(list(ids))

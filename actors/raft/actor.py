@@ -141,7 +141,7 @@ class JobbieRaft(SyncObj):
         return s
 
     def _feed_mirror(self, index: int, jobs: list):
-        """Tell the mirror which jobs this entry changed (coalesced: core.FeedBatch)."""
+        """Tell the mirror which jobs this entry changed, maybe none (coalesced: core.FeedBatch)."""
         frame = self._feed.add(index, jobs, monotonic_time())
         if frame is not None:
             self._send_feed(frame)
@@ -192,9 +192,11 @@ class JobbieRaft(SyncObj):
         if self._config.durable:
             self._flush_journal()
         self._send(core.route(entry, index, results, changes))
-        if changes.jobs and self._config.mirror:
+        if self._config.mirror:
             # After the results, off their path: a search after the answer waits for this
             # index at the mirror (the gateway's `min_index`), not for the order of frames.
+            # Entries that changed no job (a fetch of an empty queue) are fed too, so the mirror
+            # knows it is up to date without waiting for raft's status.
             self._feed_mirror(index, changes.jobs)
         return None
 

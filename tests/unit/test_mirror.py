@@ -783,7 +783,7 @@ def test_a_search_waits_for_its_min_index_at_most_catch_up_s(tmp_path, h):
     core = make_core(tmp_path, h)
     core.on_changes(raft.run("enqueue", {"queue": "q", "payload": 1}))
     settle(core)
-    # Given a min_index the mirror will not see a frame for (that entry changed no job)
+    # Given a min_index the mirror will not see a frame for (it was lost)
     core.on_request({"k": "search", "tag": ["gw", 1, 1], "op": "search_jobs", "args": {},
                      "min_index": h.index + 5})
     core.step(20.0)
@@ -793,6 +793,30 @@ def test_a_search_waits_for_its_min_index_at_most_catch_up_s(tmp_path, h):
     core.step(20.0 + CATCH_UP_S)
     replies, _ = core.take_outputs()
     assert replies[0][0] == ["gw", 1, 1] and replies[0][1]["ok"]["total"] == 1
+
+
+def test_entries_that_changed_no_job_move_the_mirror_on_and_release_searches(tmp_path, h):
+    raft = Raft(h)
+    core = make_core(tmp_path, h)
+    core.on_changes(raft.run("enqueue", {"queue": "q", "payload": 1}))
+    settle(core)
+    # Given a fetch of an empty queue: an entry that changed no job, fed by raft with no ids
+    h.apply([h.op("fetch", {"queues": ["empty"], "worker_id": "w"})])
+    assert h.last_changes.jobs == []
+    feed = raft_core.FeedBatch(last_index=raft.last)
+    frame = feed.add(h.index, h.last_changes.jobs, now=1.0)
+    assert frame == {"k": "changes", "index": h.index, "prev": raft.last, "jobs": []}
+    # And a search from the gateway that answered that fetch
+    core.on_request({"k": "search", "tag": ["gw", 1, 1], "op": "search_jobs", "args": {},
+                     "min_index": h.index})
+    core.step(30.0)
+    assert core.take_outputs()[0] == []
+    # When the frame arrives / Then M moves to its index and the search is answered at once
+    core.on_changes(frame)
+    core.step(30.003)
+    replies, _ = core.take_outputs()
+    assert core.index == h.index and replies[0][0] == ["gw", 1, 1] and replies[0][1]["ok"]["total"] == 1
+    assert core.status()["dropped_updates"] == 0
 
 
 def test_gateway_mirror_ops_carry_the_newest_index_it_has_seen_results_for():
