@@ -170,6 +170,28 @@ def enqueue_one_by_one(client: Client, queue: str, n: int) -> dict:
     return payloads
 
 
+class FollowerCase:
+    """A started cluster with a job leased out and `jobs` enqueued one by one (all converged), and
+    the follower the test stops, changes and restarts."""
+
+    def __init__(self, cluster, jobs: int):
+        self.cluster = cluster
+        self.follower = cluster.followers(cluster.start())[0]
+        self.others = [n for n in cluster.nodes if n is not self.follower]
+        self.client = cluster.client()
+        self.leases = Leases()
+        self.leases.take(self.client)
+        self.payloads = enqueue_one_by_one(self.client, "jobs", jobs)
+        cluster.wait_converged()
+
+    def assert_follower_whole(self):
+        """Every acknowledged job is on the follower, no job was leased twice, and every node agrees."""
+        assert_acked_on(self.follower, self.payloads, "jobs")
+        self.leases.take(self.client)
+        self.leases.check(self.cluster.nodes)
+        self.cluster.wait_converged()
+
+
 def log_since(node, offset: int, actor: str = "raft") -> str:
     return node.read_log(actor, offset)
 
@@ -285,14 +307,8 @@ def test_follower_kill9_and_restart_before_any_snapshot_catches_up(make_cluster)
 @pytest.mark.timeout(150)
 def test_follower_restarted_with_an_older_or_a_newer_lmdb_ends_equal(make_cluster, tmp_path):
     cluster = make_cluster()
-    leader = cluster.start()
-    follower = cluster.followers(leader)[0]
-    others = [n for n in cluster.nodes if n is not follower]
-    client = cluster.client()
-    leases = Leases()
-    leases.take(client)
-    payloads = enqueue_one_by_one(client, "jobs", 40)
-    cluster.wait_converged()
+    case = FollowerCase(cluster, jobs=40)
+    follower, others, client, payloads = case.follower, case.others, case.client, case.payloads
 
     # -- LMDB from an EARLIER point than the journal --
     # Given a copy of the follower's LMDB taken while it was stopped
@@ -340,10 +356,7 @@ def test_follower_restarted_with_an_older_or_a_newer_lmdb_ends_equal(make_cluste
     assert any(name.startswith("lmdb.ahead-") for name in os.listdir(follower.data_dir))
     print(f"\nearlier LMDB at {early_index} (journal to {later_index}); later LMDB at {copied_index} "
           f"(journal to {journal_to}): both replaced and converged; digests {digests}")
-    assert_acked_on(follower, payloads, "jobs")
-    leases.take(client)
-    leases.check(cluster.nodes)
-    cluster.wait_converged()
+    case.assert_follower_whole()
 
 
 # ----------------------------------------------------------------------- 4
@@ -351,14 +364,8 @@ def test_follower_restarted_with_an_older_or_a_newer_lmdb_ends_equal(make_cluste
 def test_follower_behind_the_leaders_compaction_catches_up_by_snapshot(make_cluster):
     # Given a cluster that snapshots every 100 entries
     cluster = make_cluster(extra_args=["--snapshot-every", "100"])
-    leader = cluster.start()
-    follower = cluster.followers(leader)[0]
-    others = [n for n in cluster.nodes if n is not follower]
-    client = cluster.client()
-    leases = Leases()
-    leases.take(client)
-    payloads = enqueue_one_by_one(client, "jobs", 20)
-    cluster.wait_converged()
+    case = FollowerCase(cluster, jobs=20)
+    follower, others, payloads = case.follower, case.others, case.payloads
     # When a follower is stopped
     assert follower.stop() == 0
     behind = journal_last_index(follower)
@@ -387,10 +394,7 @@ def test_follower_behind_the_leaders_compaction_catches_up_by_snapshot(make_clus
     installed = [line for line in log.splitlines() if "installed snapshot at raft index" in line]
     print(f"follower stopped at index {behind}, leader snapshot at {status['snapshot']['index']}; "
           f"it caught up in {took:.2f}s: {installed[0].split(': ', 1)[-1]}; digests {digests}")
-    assert_acked_on(follower, payloads, "jobs")
-    leases.take(client)
-    leases.check(cluster.nodes)
-    cluster.wait_converged()
+    case.assert_follower_whole()
 
 
 # ----------------------------------------------------------------------- 6
