@@ -99,7 +99,7 @@ def sweep_workers(a: Apply, retention_ms: int, limit: int) -> int:
     found = cur.set_range(bytes(after)) if after is not None else cur.first()
     if found and after is not None and bytes(cur.key()) == bytes(after):
         found = cur.next()
-    seen = deleted = 0
+    seen = 0
     stale = []
     while found and seen < limit:
         key = bytes(cur.key())
@@ -109,14 +109,13 @@ def sweep_workers(a: Apply, retention_ms: int, limit: int) -> int:
         found = cur.next()
     for key in stale:
         a.txn.delete(key, db=a.db["workers"])
-        deleted += 1
     if found:  # stopped at the limit: go on from here at once
         a.txn.put(SWEEP_AFTER, key, db=a.db["meta"])
         a.set_meta_int(SWEEP_AT, a.now)
     else:
         a.txn.delete(SWEEP_AFTER, db=a.db["meta"])
         a.set_meta_int(SWEEP_AT, a.now + max(WORKER_SWEEP_MIN_MS, min(WORKER_SWEEP_EVERY_MS, retention_ms)))
-    return deleted
+    return len(stale)
 
 
 def handle_tick(a: Apply, args: dict, ids: list) -> dict:

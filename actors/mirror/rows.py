@@ -128,7 +128,7 @@ def job_row(raw: bytes, errors: list) -> tuple[tuple, list]:
         text = "\n".join(messages)[:ERRORS_TEXT_MAX]
     tags = job.tags
     return (
-        job.id, zlib.crc32(raw), job.queue or "", job.state or "", PRIORITY_LEVEL.get(job.priority, 1),
+        job.id, rev(raw), job.queue or "", job.state or "", PRIORITY_LEVEL.get(job.priority, 1),
         int(job.attempt or 0), int(job.created_at or 0), job.run_at, job.started_at, job.completed_at,
         job.expire_at, job.updated_at, job.worker_id, job.batch_id, job.unique_key, text, payload_json(job.payload),
     ), [(job.id, str(k), str(v)) for k, v in tags.items()] if tags else []
