@@ -44,6 +44,11 @@ def _map_without_duplicates(pairs):
     return out
 
 
+def is_request_id(value) -> bool:
+    """A request `id` is an integer msgpack can carry (a bool is not one)."""
+    return type(value) is int and -2**63 <= value < 2**64
+
+
 def peek_request_id(data: bytes) -> int:
     """The `id` of a request frame too large to decode (-1 when it cannot be found cheaply).
 
@@ -55,7 +60,7 @@ def peek_request_id(data: bytes) -> int:
         for _ in range(min(unpacker.read_map_header(), 8)):
             if unpacker.unpack() == "id":
                 value = unpacker.unpack()
-                return value if type(value) is int and -2**63 <= value < 2**64 else -1
+                return value if is_request_id(value) else -1
             unpacker.skip()
     except Exception:  # not a map, truncated, anything: no id
         pass

@@ -133,7 +133,7 @@ class GatewayCore:
             if type(msg) is not dict:
                 raise InvalidArgument("a request must be a msgpack map {id, op, args}", reason="malformed")
             req_id = msg.get("id")
-            if type(req_id) is not int or not -2**63 <= req_id < 2**64:
+            if not codec.is_request_id(req_id):
                 req_id = -1
                 raise InvalidArgument("request id must be an integer", field="id",
                                       reason="missing_field" if "id" not in msg else "wrong_type")
