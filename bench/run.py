@@ -14,7 +14,7 @@ from jobbie.transport.client import Client
 
 from . import scenarios as S
 from .driver import run, run_groups
-from .servers import ceiling_server, jobbie_node
+from .servers import ceiling_server, jobbie_node, wait_mirrored
 
 
 def percentile(sorted_values, q: float) -> float:
@@ -70,18 +70,6 @@ def cpu_seconds(pids: dict) -> dict:
             continue
         out[name] = (int(fields[11]) + int(fields[12])) / tick
     return out
-
-
-def wait_mirror_idle(endpoint: str, timeout: float = 60.0):
-    """Wait until the node's mirror holds everything raft has applied now, so a run measures steady state."""
-    deadline = time.monotonic() + timeout
-    with Client(endpoint, timeout=5) as client:
-        target = client.status().get("applied_index") or 0
-        while time.monotonic() < deadline:
-            m = client.status().get("mirror") or {}
-            if not m or ((m.get("applied_index") or 0) >= target and not m.get("backlog") and m.get("repair") is None):
-                return
-            time.sleep(0.05)
 
 
 class Bench:
@@ -142,7 +130,8 @@ class Bench:
             else:
                 raise ValueError(f"unknown scenario {name!r}")
             if self.mirror and name == "lifecycle":
-                wait_mirror_idle(node.endpoint)  # the prefill's rows are written before the clock starts
+                with Client(node.endpoint, timeout=5) as client:
+                    wait_mirrored(client, timeout=60.0)  # the prefill's rows are written before the clock starts
             pids = actor_pids(node.endpoint) if not self.server else {}
             before = cpu_seconds(pids)
             result = summarize(run(node.endpoint, workload, concurrency, self.duration))

@@ -19,7 +19,7 @@ import time
 
 import fire
 
-from jobbie.bench.servers import jobbie_node
+from jobbie.bench.servers import jobbie_node, wait_mirrored
 from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
 
@@ -46,17 +46,6 @@ def fill(client: Client, jobs: int, queues: int = 10) -> float:
             batch.append(job)
         client.enqueue_batch(batch)
     return time.monotonic() - started
-
-
-def wait_mirrored(client: Client, timeout: float = 600.0) -> float:
-    started = time.monotonic()
-    target = client.status()["applied_index"]
-    while time.monotonic() - started < timeout:
-        m = client.status().get("mirror") or {}
-        if m.get("applied_index", -1) >= target and not m.get("repair") and not m.get("backlog"):
-            return time.monotonic() - started
-        time.sleep(0.1)
-    raise RuntimeError("the mirror did not catch up")
 
 
 def timed(client: Client, repeats: int, **args) -> dict:

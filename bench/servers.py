@@ -82,3 +82,15 @@ def ceiling_server() -> Spawned:
     server = Spawned([sys.executable, "-m", "jobbie.bench.ceiling", endpoint], endpoint)
     time.sleep(0.3)
     return server
+
+
+def wait_mirrored(client: Client, timeout: float = 600.0) -> float:
+    """Wait until the node's mirror holds everything raft has applied now; the seconds it took."""
+    started = time.monotonic()
+    target = client.status()["applied_index"]
+    while time.monotonic() - started < timeout:
+        m = client.status().get("mirror") or {}
+        if m.get("applied_index", -1) >= target and not m.get("repair") and not m.get("backlog"):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise RuntimeError("the mirror did not catch up")
