@@ -58,18 +58,39 @@ def actor_pids(endpoint: str) -> dict:
         return {}
 
 
-def cpu_seconds(pids: dict) -> dict:
-    """{actor name: user + system CPU seconds so far} of the processes readable here (same machine)."""
+def counters(pids: dict) -> dict:
+    """{actor name: (user + system CPU seconds, voluntary, involuntary context switches)} so far, of
+    the processes readable here (same machine). Context switches are summed over the threads alive
+    now; CPU time covers every thread the process ever had."""
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for name, pid in pids.items():
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            voluntary = involuntary = 0
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            involuntary += int(line.split()[1])
         except OSError:
             continue
-        out[name] = (int(fields[11]) + int(fields[12])) / tick
+        out[name] = ((int(fields[11]) + int(fields[12])) / tick, voluntary, involuntary)
     return out
+
+
+def per_op(before: dict, after: dict, units: float) -> dict:
+    """CPU and context switches per op (or job) between two `counters` readings, per actor and for
+    the whole node."""
+    names = [n for n in after if n in before]
+    cpu = {n: round(1e6 * (after[n][0] - before[n][0]) / units, 1) for n in names}
+    return {"cpu_us_per_op": cpu,
+            "server_cpu_us_per_op": round(sum(cpu.values()), 1),
+            "csw_per_op": round(sum(after[n][1] - before[n][1] for n in names) / units, 2),
+            "icsw_per_op": round(sum(after[n][2] - before[n][2] for n in names) / units, 2)}
 
 
 class Bench:
@@ -104,6 +125,9 @@ class Bench:
         self.records.append(rec)
         errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
         ratio = f", {rec['ratio_to_ceiling']:.2f}x ceiling" if rec.get("ratio_to_ceiling") else ""
+        if rec.get("server_cpu_us_per_op") is not None:
+            ratio += (f", server {rec['server_cpu_us_per_op']:.0f} us/op, "
+                      f"{rec['csw_per_op']:.2f} + {rec['icsw_per_op']:.2f} ctx sw/op")
         self.progress(f"{scenario:<10} c{concurrency:<4} run {repeat + 1}/{self.repeats}: "
                       f"{result['ops_per_s']:>10,.0f}/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
                       f"  max {result['max_ms']:.1f} ms  ({errs}{ratio})")
@@ -133,14 +157,11 @@ class Bench:
                 with Client(node.endpoint, timeout=5) as client:
                     wait_mirrored(client, timeout=60.0)  # the prefill's rows are written before the clock starts
             pids = actor_pids(node.endpoint) if not self.server else {}
-            before = cpu_seconds(pids)
+            before = counters(pids)
             result = summarize(run(node.endpoint, workload, concurrency, self.duration))
             if pids:
                 time.sleep(0.3)  # the mirror writes the run's last changes (it takes them in every 100 ms)
-                after = cpu_seconds(pids)
-                units = max(1.0, result["ops_per_s"] * self.duration)
-                result["cpu_us_per_op"] = {n: round(1e6 * (after[n] - before[n]) / units, 1)
-                                           for n in after if n in before}
+                result.update(per_op(before, counters(pids), max(1.0, result["ops_per_s"] * self.duration)))
         extra = {}
         if ceiling and name == "unary":
             extra["ceiling_ops_per_s"] = ceiling
@@ -169,7 +190,8 @@ def medians(records: list[dict]) -> list[dict]:
     out = []
     for (scenario, concurrency, mirror), rs in groups.items():
         row = {"scenario": scenario, "concurrency": concurrency, "mirror": mirror, "runs": len(rs)}
-        for key in ("ops_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "ratio_to_ceiling", "p99_ratio_to_alone"):
+        for key in ("ops_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "ratio_to_ceiling", "p99_ratio_to_alone",
+                    "server_cpu_us_per_op", "csw_per_op", "icsw_per_op"):
             values = [r[key] for r in rs if r.get(key) is not None]
             if values:
                 row[key] = statistics.median(values)
@@ -222,16 +244,19 @@ def cost_line(c: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| scenario | clients | ops/s (median) | p50 ms | p90 ms | p99 ms | max ms | × ceiling | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| scenario | clients | ops/s (median) | p50 ms | p90 ms | p99 ms | max ms | × ceiling "
+             "| server CPU µs/op | ctx sw/op (vol + invol) | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         errs = ", ".join(f"{k} {v} ({r['error_share']:.1%})" for k, v in sorted(r["errors"].items())) or "none"
         ratio = f"{r['ratio_to_ceiling']:.2f}" if r.get("ratio_to_ceiling") else ""
         if r.get("p99_ratio_to_alone"):
             ratio = f"p99 {r['p99_ratio_to_alone']:.2f}× alone"
         label = r["scenario"] + (", mirror off" if r.get("mirror") is False else "")
+        cpu = f"{r['server_cpu_us_per_op']:.0f}" if r.get("server_cpu_us_per_op") is not None else ""
+        csw = (f"{r['csw_per_op']:.2f} + {r['icsw_per_op']:.2f}" if r.get("csw_per_op") is not None else "")
         lines.append(f"| {label} | {r['concurrency']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.2f} | "
-                     f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {ratio} | {errs} |")
+                     f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {ratio} | {cpu} | {csw} | {errs} |")
     return "\n".join(lines)
 
 

@@ -1,8 +1,12 @@
 """bench/run.py's arithmetic: medians and the mirror's cost from on/off pairs (no node is started)."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
+from jobbie.bench import run as bench_run
 from jobbie.bench.run import cost_line, medians, mirror_cost
 
 
@@ -42,3 +46,31 @@ def test_mirror_cost_without_pairs_or_cpu_figures():
     assert "of the node's CPU" not in cost_line(cost)
     # And a run with the mirror only on or only off has no cost line at all
     assert mirror_cost(medians(records[:1]), records[:1]) == []
+
+
+def test_counters_read_this_process_and_per_op_divides_by_units():
+    # Given this very process, read twice around some work
+    me = {"self": os.getpid()}
+    before = bench_run.counters(me)
+    sum(i * i for i in range(200_000))
+    time.sleep(0.01)  # at least one voluntary switch
+    after = bench_run.counters(me)
+    # When the readings are turned into per-op figures for 10 ops
+    figures = bench_run.per_op(before, after, 10)
+    # Then CPU and voluntary switches grew, and the node total is the sum over actors
+    assert after["self"][0] >= before["self"][0]
+    assert after["self"][1] > before["self"][1]
+    assert figures["server_cpu_us_per_op"] == figures["cpu_us_per_op"]["self"]
+    assert figures["csw_per_op"] > 0
+
+
+def test_counters_skip_processes_that_are_gone():
+    assert bench_run.counters({"ghost": 2**22 + 12345}) == {}
+
+
+def test_markdown_shows_cpu_and_context_switches():
+    row = {"scenario": "unary", "concurrency": 10, "mirror": True, "ops_per_s": 1000.0, "p50_ms": 1.0,
+           "p90_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0, "errors": {}, "error_share": 0.0,
+           "server_cpu_us_per_op": 212.4, "csw_per_op": 3.1, "icsw_per_op": 0.25}
+    line = bench_run.markdown([row]).splitlines()[-1]
+    assert "| 212 | 3.10 + 0.25 |" in line
