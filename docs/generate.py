@@ -10,7 +10,8 @@ and left alone. The tables come from the installed `jobbie` package only:
 `jobbie.storage.states.TRANSITIONS` (the job state moves), so the docs cannot
 drift from the code without `--check` noticing.
 
-protocol.md sections: `op-summary`, `limits`, and one `op:NAME` per op in OPS.
+protocol.md sections: `op-summary`, `limits`, `reasons` (transport/errors.py REASONS), and one
+`op:NAME` per op in OPS.
 states.md sections: `states`, `transitions`, `diagram`.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from jobbie.storage import states as st
 from jobbie.storage.machine import DEDUPE_TTL_MS, ERRORS_KEPT
 from jobbie.transport import ops as opsdef
 from jobbie.transport.codec import FRAME_BYTES_MAX, FRAME_CUT_BYTES
+from jobbie.transport.errors import REASONS
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 PROTOCOL = os.path.join(DOCS, "protocol.md")
@@ -65,7 +67,7 @@ OK_FIELD_DOCS = {
     ("cluster_status", "applied_index"): "Last raft index applied on this node (same freshness).",
     ("cluster_status", "durable"): "`true` when started with `--durable`.",
     ("cluster_status", "actors"): "List of `{name, pid, restarts, alive}`: raft, admission, gateway, lifecycle, "
-                                  "supervisor.",
+                                  "mirror (unless started with `--mirror=false`), supervisor.",
     ("tick", "promoted"): "Scheduled/retrying jobs moved to `pending`.",
     ("tick", "reclaimed"): "Active jobs whose lease expired.",
     ("tick", "expired"): "Not-running jobs moved to `dead` by their TTL.",
@@ -73,6 +75,41 @@ OK_FIELD_DOCS = {
     ("tick", "woken"): "Throttled queues whose used-up window ended; their parked fetches were woken "
                        "(present only when non-zero).",
     ("tick", "pruned"): "Completed/cancelled jobs deleted by the retention (present only when non-zero).",
+    ("tick", "workers_pruned"): "Worker records deleted by the worker retention (present only when non-zero).",
+    ("search_jobs", "jobs"): "The page: job records as `get_job` answers them, read from LMDB by id (so a record "
+                             "may be up to 100 ms newer than the row that matched; a job deleted meanwhile is "
+                             "left out).",
+    ("search_jobs", "total"): "How many jobs match the filters in all (not just this page).",
+    ("search_jobs", "cursor"): "Opaque: send it back as `cursor` (same filters, sort and order) for the next page; "
+                               "nil on the last page.",
+    ("search_jobs", "has_more"): "`true` when another page follows.",
+    ("search_jobs", "duration_ms"): "How long the mirror took to answer.",
+    ("bulk", "affected"): "Jobs the action changed.",
+    ("bulk", "errors"): "Per-job refusals, the first 100: `{job_id, code, reason, message}`.",
+    ("bulk", "error_count"): "Refusals in all (the list above is cut at 100).",
+    ("bulk", "duration_ms"): "How long the run took (so far, for a run still going).",
+    ("bulk", "bulk_id"): "`blk_...` id of the run; pass it to `bulk_status`.",
+    ("bulk", "status"): "`done`, or `running` for a run over 1000 jobs, which answers at once (poll `bulk_status`).",
+    ("bulk", "total"): "Jobs the run covers (matched by the filter, or given in `job_ids`), less those skipped.",
+    ("bulk", "skipped"): "Jobs left out before the run because the action does not apply to their state "
+                         "(e.g. `requeue` takes only finished jobs).",
+    ("bulk_status", "bulk_id"): "The run's id.",
+    ("bulk_status", "status"): "`running` or `done`.",
+    ("bulk_status", "action"): "The bulk action (`retry`, `delete`, ...).",
+    ("bulk_status", "total"): "Jobs the run covers.",
+    ("bulk_status", "done"): "Jobs handled so far.",
+    ("bulk_status", "affected"): "Jobs the action changed so far.",
+    ("bulk_status", "skipped"): "Jobs left out because the action does not apply to their state.",
+    ("bulk_status", "errors"): "Per-job refusals, the first 100: `{job_id, code, reason, message}`.",
+    ("bulk_status", "error_count"): "Refusals in all.",
+    ("bulk_status", "duration_ms"): "Time since the run started (until it ended, once done).",
+    ("rebuild_mirror", "jobs"): "Jobs written into the new mirror file.",
+    ("rebuild_mirror", "applied_index"): "The raft index the new mirror holds (it catches up from there).",
+    ("rebuild_mirror", "duration_ms"): "How long the rebuild took.",
+    ("create_schedule", "queue"): "Queue of the jobs it makes.",
+    ("create_schedule", "cron"): "The cron expression, as given.",
+    ("create_schedule", "timezone"): "The IANA zone the expression is read in.",
+    ("create_schedule", "payload"): "Payload of each job it makes.",
     # queue management, listings and schedules (docs/management.md)
     ("move_job", "state"): "The job's state, unchanged by the move.",
     ("set_priority", "state"): "The job's state.",
@@ -118,6 +155,9 @@ OK_EXTRA = {
                      "limits, refusals)."),
         ("gateway", "`{pending, parked_fetches, requests, invalid, oversize, timeouts}` counters of this gateway "
                     "(`oversize`: request frames over 8 MiB, refused; `invalid` counts them too)."),
+        ("mirror", "Once the mirror has reported: `{applied_index, lag, dropped_updates, rebuilds, ...}` (its "
+                   "raft index, how far it is behind this node's applied index, change frames it lost and "
+                   "repaired from LMDB, rebuilds so far); see search.md."),
         ("warning", "Present only when the raft actor has not reported for 2 s."),
     ),
 }
@@ -207,7 +247,7 @@ def default_text(arg) -> str:
 def bounds_text(arg) -> str:
     parts = []
     if arg.kind == "queue":
-        parts.append("1-128 chars: ASCII letters, digits, `._:-`; first a letter or digit")
+        parts.append("1-128 chars: ASCII letters, digits, `.` `_` `:` `-`; first a letter or digit")
     elif arg.kind == "queues":
         parts.append("1-64 queue names (repeats dropped)")
     elif arg.kind == "id":
@@ -244,6 +284,11 @@ def arg_rows(args, prefix: str = "", op_name: str = "") -> list[str]:
     return rows
 
 
+def ok_field_doc(op_name: str, field: str) -> str:
+    """The description of one `ok` field: keyed by (op, field), else by the field alone."""
+    return OK_FIELD_DOCS.get((op_name, field)) or OK_FIELD_DOCS.get(field, "")
+
+
 def op_section(op) -> str:
     doc = fixed_doc(op.name, "", op.doc)
     out = [f"### `{op.name}`", "", f"{doc} *({PATH_NAMES.get(op.path, op.path)})*", ""]
@@ -254,7 +299,7 @@ def op_section(op) -> str:
     else:
         out.append("No args (send `{}` or leave `args` out).")
     out.append("")
-    ok_rows = [(f, OK_FIELD_DOCS.get((op.name, f), "")) for f in op.ok] + list(OK_EXTRA.get(op.name, ()))
+    ok_rows = [(f, ok_field_doc(op.name, f)) for f in op.ok] + list(OK_EXTRA.get(op.name, ()))
     if ok_rows:
         out += ["| `ok` field | meaning |", "|---|---|"]
         out += [f"| `{f}` | {cell(doc)} |" for f, doc in ok_rows]
@@ -295,6 +340,12 @@ def limits() -> str:
     return "\n".join(out)
 
 
+def reasons_table() -> str:
+    out = ["| reason | code | when |", "|---|---|---|"]
+    out += [f"| `{reason}` | {code} | {cell(when)} |" for reason, (code, when) in REASONS.items()]
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ states
 
 def state_name(s) -> str:
@@ -330,7 +381,7 @@ def diagram() -> str:
 # ------------------------------------------------------------------ rewriting
 
 def protocol_sections() -> dict:
-    sections = {"op-summary": op_summary(), "limits": limits()}
+    sections = {"op-summary": op_summary(), "limits": limits(), "reasons": reasons_table()}
     for name, op in opsdef.OPS.items():
         sections[f"op:{name}"] = op_section(op)
     return sections

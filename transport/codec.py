@@ -1,7 +1,8 @@
 """The only place that calls msgpack.
 
 Decoding is strict: map keys must be str or bin (msgpack's strict_map_key;
-the op validator then accepts only str keys where it reads a map), no ext
+a frame that breaks only this rule is refused as `wrong_type` naming where,
+with its id; the op validator then accepts only str keys where it reads a map), no ext
 types (the timestamp extension is refused by the op validator), no duplicate
 map keys, no trailing bytes, no invalid UTF-8, bounded nesting. Anything else is a `DecodeError` that keeps the cause, and the gateway
 answers it with INVALID_ARGUMENT instead of crashing.
@@ -19,12 +20,21 @@ FRAME_CUT_BYTES = 16 * 1024 * 1024
 
 
 class DecodeError(ValueError):
-    """A frame that is not valid msgpack for us; `raw` keeps the bytes."""
+    """A frame that is not valid msgpack for us; `raw` keeps the bytes.
 
-    def __init__(self, message: str, raw: bytes = b"", cause: Exception | None = None):
+    `reason` is the protocol reason (`malformed`, or `wrong_type` for a map key that is neither str
+    nor bin, when `field` names where and `value` holds the frame decoded without that rule, so the
+    request's id can still be answered).
+    """
+
+    def __init__(self, message: str, raw: bytes = b"", cause: Exception | None = None,
+                 reason: str = "malformed", field: str | None = None, value=None):
         super().__init__(message)
         self.raw = raw
         self.cause = cause
+        self.reason = reason
+        self.field = field
+        self.value = value
 
 
 def _no_ext(code, data):
@@ -67,6 +77,31 @@ def peek_request_id(data: bytes) -> int:
     return -1
 
 
+def _key_type_error(data: bytes, exc: Exception) -> DecodeError | None:
+    """The frame decoded without the str-key rule: a `wrong_type` DecodeError naming the first map
+    whose key is neither str nor bin, or None when the frame is broken in another way."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_no_ext, use_list=True,
+                                object_pairs_hook=_map_without_duplicates)
+    except Exception:
+        return None
+    stack = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if type(key) not in (str, bytes):
+                    where = path.removeprefix("args.") if path != "args" else "args"
+                    return DecodeError(f"map keys must be strings; {where or 'the request'} has a key of type "
+                                       f"{type(key).__name__}", data, exc, reason="wrong_type",
+                                       field=where or None, value=value)
+                if type(key) is str:
+                    stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(node, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node))
+    return None
+
+
 def encode(obj) -> bytes:
     """Encode one value (str as str, bytes as bin)."""
     return msgpack.packb(obj, use_bin_type=True)
@@ -88,6 +123,9 @@ def decode(data: bytes):
         raise DecodeError("frame nests too deeply", data, exc) from exc
     except (ValueError, TypeError) as exc:
         # FormatError, "incomplete input", non-str map keys, unhashable keys...
+        key_error = _key_type_error(data, exc)
+        if key_error is not None:
+            raise key_error from exc
         raise DecodeError(f"frame is not valid msgpack: {exc}", data, exc) from exc
 
 

@@ -65,6 +65,82 @@ class Internal(JobbieError):
 CODES = {cls.code: cls for cls in (InvalidArgument, NotFound, FailedPrecondition, AlreadyExists,
                                    ResourceExhausted, Unavailable, Internal)}
 
+#: Every `reason` the server (or the Python client) sends: reason -> (code, when). docs/protocol.md's
+#: reason table is generated from it, and a unit test checks that every reason the code spells is
+#: here, so a new reason cannot reach the wire undocumented.
+REASONS: dict[str, tuple[str, str]] = {
+    # --- the frame and the envelope
+    "malformed": ("INVALID_ARGUMENT", "The frame is not msgpack, has bytes after the value, has invalid UTF-8 in a "
+                  "`str`, has an extension type, nests deeper than msgpack's own limit, is not a map, or the message "
+                  "has the wrong number of frames. The reply carries the request's `id` whenever it could be read."),
+    "missing_field": ("INVALID_ARGUMENT", "A required key is missing or nil (`id`, `op`, or a required arg)."),
+    "wrong_type": ("INVALID_ARGUMENT", "A value has the wrong msgpack type (also: `id` not an integer, `args` or "
+                   "`client` of the wrong type, a map key that is not a `str` anywhere in the request)."),
+    "unknown_field": ("INVALID_ARGUMENT", "An envelope or argument key that the op does not take."),
+    "unknown_op": ("INVALID_ARGUMENT", "No such op (internal ops such as `tick` count as unknown)."),
+    # --- arguments
+    "invalid_name": ("INVALID_ARGUMENT", "A queue name, id, `client` key, raft address or heartbeat job key breaks "
+                     "its pattern."),
+    "invalid_choice": ("INVALID_ARGUMENT", "A string outside its list of choices (e.g. `priority`)."),
+    "out_of_range": ("INVALID_ARGUMENT", "A number outside its bounds, NaN or infinity, `run_at` more than 10 years "
+                     "ahead, `backoff.max_ms` < `backoff.base_ms`, an empty or too long `queues` list."),
+    "too_large": ("INVALID_ARGUMENT", "A string, map or list over its size limit, a `payload` / `result` over the "
+                  "payload cap, or a frame over 8 MiB."),
+    "too_deep": ("INVALID_ARGUMENT", "A free value (payload, result, checkpoint, ...) nested deeper than 64 levels."),
+    "conflicting_fields": ("INVALID_ARGUMENT", "Two arguments that exclude each other (`run_at` and `delay_ms`; "
+                           "`job_ids` and `filter`)."),
+    "unsupported": ("INVALID_ARGUMENT", "A field this version does not implement yet (`hold_reason` / "
+                    "`hold_payload` on `ack`)."),
+    "confirm_required": ("INVALID_ARGUMENT", "`delete_queue` without `confirm: true`."),
+    "empty_filter": ("INVALID_ARGUMENT", "A `bulk` `filter` with no criterion (a bulk action on every job is not "
+                     "offered)."),
+    "invalid_cron": ("INVALID_ARGUMENT", "A `cron` expression that does not parse, or never fires."),
+    "invalid_timezone": ("INVALID_ARGUMENT", "A `timezone` that is not an IANA zone name known to the server."),
+    "invalid_cursor": ("INVALID_ARGUMENT", "A search `cursor` this server did not make, or one from a search with "
+                       "other filters, sort or order."),
+    "query_syntax": ("INVALID_ARGUMENT", "A `payload_jq` expression outside the supported subset, or a search the "
+                     "mirror cannot run as given."),
+    "query_too_slow": ("INVALID_ARGUMENT", "A search ran past its time budget and was stopped; narrow it."),
+    # --- state
+    "lease_lost": ("FAILED_PRECONDITION", "`ack`/`fail` for a job that is not active, or with an `attempt` that is "
+                   "not the current one (`field` `attempt`)."),
+    "already_finished": ("FAILED_PRECONDITION", "`cancel_job` of a `completed` or `dead` job."),
+    "wrong_state": ("FAILED_PRECONDITION", "`retry_job` of a `pending`, `active` or `held` job."),
+    "unique_conflict": ("FAILED_PRECONDITION", "`retry_job` (or a move) of a job whose unique key another live job "
+                        "holds now."),
+    "job_active": ("FAILED_PRECONDITION", "`move_job` of an active job: move it when its attempt has ended."),
+    "jobs_active": ("FAILED_PRECONDITION", "`delete_queue` of a queue with active jobs."),
+    "request_id_reused": ("FAILED_PRECONDITION", "The `request_id` was used before for a different op or different "
+                          "args."),
+    "membership_change_refused": ("FAILED_PRECONDITION", "pysyncobj refused a `cluster_add` / `cluster_remove` "
+                                  "(another change is in progress, or the address is not a member)."),
+    # --- load and availability
+    "overloaded": ("RESOURCE_EXHAUSTED", "Admission's in-flight limit (node-wide or for this client) is reached; "
+                   "`retry_after_ms` is set."),
+    "timeout": ("UNAVAILABLE", "No outcome within the write time-out (5 s at the gateway; the Python client makes "
+                "it too when no reply comes in time); `retry_after_ms` is 100."),
+    "closed": ("UNAVAILABLE", "Made by the Python client after `close()`; never sent by the server."),
+    "starting": ("UNAVAILABLE", "A read (`get_job`, `list_queues`) before the node has created its store."),
+    "store_unavailable": ("UNAVAILABLE", "A read hit an LMDB error; the store is reopened on the next read."),
+    "mirror_disabled": ("UNAVAILABLE", "A search or bulk op on a node started with `--mirror=false`."),
+    "mirror_unavailable": ("UNAVAILABLE", "The mirror actor has not reported for a few seconds (restarting); "
+                           "`retry_after_ms` is set."),
+    "mirror_rebuilding": ("UNAVAILABLE", "The mirror is being rebuilt from LMDB; retry shortly."),
+    "missing_leader": ("UNAVAILABLE", "The raft layer (pysyncobj) knows no leader; the entry was not taken."),
+    "not_leader": ("UNAVAILABLE", "The raft layer did not take the entry: this node is not the leader."),
+    "leader_changed": ("UNAVAILABLE", "The leader changed before the entry was confirmed: the outcome is unknown, "
+                       "retry with the same `request_id`."),
+    "discarded": ("UNAVAILABLE", "The raft layer dropped the entry before it was committed."),
+    "queue_full": ("UNAVAILABLE", "The raft layer's command queue is full."),
+    "request_denied": ("UNAVAILABLE", "The raft layer refused the entry."),
+    "unknown_outcome": ("UNAVAILABLE", "The raft layer could not say whether the entry committed: retry with the "
+                        "same `request_id`."),
+    # --- bugs
+    "gateway_error": ("INTERNAL", "An unexpected error in the gateway while handling the request."),
+    "apply_failed": ("INTERNAL", "An unexpected error inside the state machine; that op left no trace, the rest of "
+                     "its batch was applied."),
+}
+
 #: Codes a client may retry (with the same request_id for writes).
 RETRYABLE = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
 

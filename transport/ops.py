@@ -105,12 +105,13 @@ AGENT = Arg("agent", "struct", "Agent-loop guardrails (stored with the job).", f
 ))
 
 ENQUEUE_ARGS = (
-    Arg("queue", "queue", "Queue name: ASCII letters, digits and `._:-`, 1-128 chars, starting with a letter or digit.", required=True),
+    Arg("queue", "queue", "Queue name: 1-128 chars of ASCII letters, digits, `.`, `_`, `:` and `-`, starting with a letter or digit.", required=True),
     Arg("payload", "any", "Any msgpack value; encoded size at most the payload cap (1 MiB by default).", required=True),
     Arg("priority", "str", "Tier; FIFO within a tier.", default="normal", choices=PRIORITIES),
     Arg("max_retries", "int", "Retries after the first attempt before the job goes `dead`.", default=3, low=0, high=1000),
     BACKOFF,
-    Arg("run_at", "int", "Do not run before this time (ms since epoch). Excludes `delay_ms`.", low=0, high=INT64_MAX),
+    Arg("run_at", "int", "Do not run before this time (ms since epoch; a time in the past, 0 included, "
+        "means now; at most 10 years ahead). Excludes `delay_ms`.", low=0, high=INT64_MAX),
     Arg("delay_ms", "int", "Do not run before now + this. Excludes `run_at`.", low=0, high=YEAR_MS),
     Arg("expire_after_ms", "int", "TTL: a job still waiting (pending, scheduled, retrying, held) this long after "
         "enqueue goes `dead` with last_error `expired`; an attempt that fails after it is not retried.",
@@ -370,8 +371,9 @@ def _check_enqueue(args, limits, frame_bytes, now_ms, prefix=""):
     if "run_at" in args and "delay_ms" in args:
         _bad(f"give {prefix}run_at or {prefix}delay_ms, not both", prefix + "delay_ms", "conflicting_fields")
     run_at = args.get("run_at")
-    if run_at is not None and now_ms and abs(run_at - now_ms) > 10 * YEAR_MS:
-        _bad(f"{prefix}run_at is more than 10 years away from now", prefix + "run_at", "out_of_range")
+    # A time in the past means "now" (0 included); only the far future is a mistake.
+    if run_at is not None and now_ms and run_at - now_ms > 10 * YEAR_MS:
+        _bad(f"{prefix}run_at is more than 10 years ahead", prefix + "run_at", "out_of_range")
     # A frame no larger than the cap cannot hold a larger payload: skip the re-encode.
     if frame_bytes > limits.payload_bytes_max:
         size = _payload_size(args["payload"])

@@ -80,7 +80,7 @@ _op("bulk", "mirror", "Apply one action to many jobs: the listed `job_ids`, or e
             "(set_priority to `priority`).", required=True, choices=BULK_ACTIONS),
         Arg("move_to_queue", "queue", "Target queue of `move`."),
         Arg("priority", "str", "New priority of `change_priority`.", choices=PRIORITIES),
-    ), ok=("affected", "errors", "duration_ms", "bulk_id", "status", "total", "skipped"))
+    ), ok=("affected", "errors", "error_count", "duration_ms", "bulk_id", "status", "total", "skipped"))
 
 _op("bulk_status", "mirror", "Progress of a bulk run (kept in the mirror's memory: the last 64 runs, until the "
     "mirror process restarts).", (

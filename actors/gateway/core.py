@@ -134,10 +134,12 @@ class GatewayCore:
                 raise InvalidArgument("a request must be a msgpack map {id, op, args}", reason="malformed")
             req_id = msg.get("id")
             if not codec.is_request_id(req_id):
+                # nil means absent, here as for every other field
+                absent = req_id is None
                 req_id = -1
-                raise InvalidArgument("request id must be an integer", field="id",
-                                      reason="missing_field" if "id" not in msg else "wrong_type")
-            if "op" not in msg:
+                raise InvalidArgument("request has no id" if absent else "request id must be an integer",
+                                      field="id", reason="missing_field" if absent else "wrong_type")
+            if msg.get("op") is None:
                 raise InvalidArgument("request has no op", field="op", reason="missing_field")
             extra = set(msg) - {"id", "op", "args", "client"}
             if extra:
@@ -145,13 +147,18 @@ class GatewayCore:
                 raise InvalidArgument(f"unknown envelope field {name[:64]} (accepted: id, op, args, client)",
                                       field=name[:64], reason="unknown_field")
             client = msg.get("client")
-            if client is not None and (type(client) is not str or not opsdef.PRINTABLE_ID.match(client)):
+            if client is not None and type(client) is not str:
+                raise InvalidArgument("client must be a string", field="client", reason="wrong_type")
+            if client is not None and not opsdef.PRINTABLE_ID.match(client):
                 raise InvalidArgument("client must be 1-128 printable ASCII characters", field="client",
                                       reason="invalid_name")
             op, args = opsdef.validate(msg["op"], msg.get("args"), self.limits, len(payload), int(now * 1000))
         except codec.DecodeError as exc:
             self.stats["invalid"] += 1
-            self.reply_error(ident, envelope, req_id, InvalidArgument(str(exc), reason="malformed"))
+            # Answer under the request's own id whenever it can be read.
+            found = exc.value.get("id") if isinstance(exc.value, dict) else codec.peek_request_id(payload)
+            self.reply_error(ident, envelope, found if codec.is_request_id(found) else -1,
+                             InvalidArgument(str(exc), field=exc.field, reason=exc.reason))
             return
         except JobbieError as exc:
             self.stats["invalid"] += 1

@@ -157,3 +157,25 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(data):
 def test_peek_request_id_reads_only_the_top_map(frame, want):
     # Given a frame too large to decode / Then its id (wherever it sits in the map) or -1
     assert peek_request_id(frame) == want
+
+
+@pytest.mark.parametrize("value, field", [
+    ({"id": 1, "op": "x", 5: 1}, None),
+    ({"id": 1, "op": "x", "args": {5: 1}}, "args"),
+    ({"id": 1, "op": "x", "args": {"payload": {"a": [1, {None: 2}]}}}, "payload.a[1]"),
+    ({"id": 1, "op": "x", "args": {"jobs": [{"payload": {True: 1}}]}}, "jobs[0].payload"),
+])
+def test_a_key_that_is_neither_str_nor_bin_is_wrong_type_naming_where(value, field):
+    # Given a frame whose only fault is one map key's type
+    data = msgpack.packb(value, use_bin_type=True, strict_types=False)
+    # When decoded / Then the error is wrong_type, names the place, and keeps the frame for its id
+    with pytest.raises(DecodeError) as info:
+        decode(data)
+    assert (info.value.reason, info.value.field) == ("wrong_type", field)
+    assert info.value.value["id"] == 1
+
+
+def test_a_frame_broken_otherwise_stays_malformed():
+    with pytest.raises(DecodeError) as info:
+        decode(msgpack.packb({"id": 1, 5: 1})[:-1])
+    assert info.value.reason == "malformed" and info.value.value is None
