@@ -76,6 +76,9 @@ OK_FIELD_DOCS = {
                        "(present only when non-zero).",
     ("tick", "pruned"): "Completed/cancelled jobs deleted by the retention (present only when non-zero).",
     ("tick", "workers_pruned"): "Worker records deleted by the worker retention (present only when non-zero).",
+    ("digest", "applied_index"): "The raft index the store holds; compare digests only at equal indexes.",
+    ("digest", "digest"): "Hex blake2b-128 over every named database's digest, in name order.",
+    ("digest", "dbs"): "Per named database: `{entries, digest}`, to see where two replicas differ.",
     ("search_jobs", "jobs"): "The page: job records as `get_job` answers them, read from LMDB by id (so a record "
                              "may be up to 100 ms newer than the row that matched; a job deleted meanwhile is "
                              "left out).",

@@ -78,6 +78,9 @@ _op("create_schedule", "write", "Create (or replace) a cron schedule that enqueu
     ), ok=("name", "queue", "cron", "timezone", "payload", "options", "next_fire_at", "last_fire_at",
            "last_job_id", "fires", "skipped", "created_at", "updated_at", "replaced"))
 _op("list_schedules", "read", "Every cron schedule, by name.", (), ok=("schedules",))
+_op("digest", "read", "A hash of this node's whole store at its applied index: replicas at the same "
+    "`applied_index` must answer the same `digest` (`jobbie admin digest`). Reads every record, so it takes "
+    "about a second per million jobs.", (), ok=("applied_index", "digest", "dbs"))
 _op("delete_schedule", "write", "Delete a cron schedule (jobs it already made stay).", (
     Arg("name", "id", "The schedule's name.", required=True), REQUEST_ID,
 ), ok=(), errors=("NOT_FOUND",))

@@ -53,6 +53,7 @@ VALID = {
     "list_dead": {},
     "create_schedule": {"name": "nightly", "queue": "q", "cron": "0 3 * * *"},
     "list_schedules": {},
+    "digest": {},
     "delete_schedule": {"name": "nightly"},
 }
 
