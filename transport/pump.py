@@ -19,6 +19,7 @@ every hop batches by itself under load and forwards one frame per batch.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -126,7 +127,9 @@ class PumpActor(pykka.ThreadingActor):
 
     def turn(self) -> bool:
         """Wait for input (at most until the next tick), handle it; True if there was any."""
-        timeout_ms = max(0.0, min((self._next_tick - time.monotonic()) * 1000, POLL_MAX_MS))
+        # Rounded up: pyzmq truncates a float time-out to whole milliseconds, and a wait of 0.4 ms
+        # truncated to 0 would spin poll(0) until the tick (about 9 % of a core, idle, at 10 ms ticks).
+        timeout_ms = max(0, min(math.ceil((self._next_tick - time.monotonic()) * 1000), POLL_MAX_MS))
         ready = self._poller.poll(timeout_ms)
         messages = []
         for sock, _ in ready:
