@@ -32,16 +32,31 @@ def _run(server, output, op, args, to_text):
     if output not in ("text", "json"):
         _fail(f"--output must be text or json, not {output!r}", 2)
     args = {k: v for k, v in args.items() if v is not None or k == "payload"}
-    with Client(server, timeout=5.0, retry_for=10.0) as client:
+    with _client(server, timeout=5.0, retry_for=10.0) as client:
         try:
             result = client.call(op, **args)
         except JobbieError as exc:
-            field = f" (field {exc.field})" if exc.field else ""
-            _fail(f"{exc.code}: {exc.message}{field} [server {server_endpoint(server)}]")
+            _fail_with(exc, server)
     if output == "json":
         print(json.dumps(result, default=_json_default, sort_keys=True))
     else:
         print(to_text(result))
+
+
+def _fail_with(exc: JobbieError, server=None):
+    """One line for a refused or failed call, naming the field and the server."""
+    if exc.reason == "unreachable":
+        _fail(exc.message)  # it names the address and the hint itself
+    field = f" (field {exc.field})" if exc.field else ""
+    _fail(f"{exc.code}: {exc.message}{field} [server {server_endpoint(server)}]")
+
+
+def _client(server=None, **kwargs) -> Client:
+    """A Client for a CLI command; a malformed --server is one line and exit code 2."""
+    try:
+        return Client(server, **kwargs)
+    except JobbieError as exc:
+        _fail(f"--server: {exc.message}", 2)
 
 
 def _json_default(value):

@@ -6,6 +6,7 @@ Errors print one line on stderr and exit non-zero.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import os
@@ -213,10 +214,72 @@ def protect_strings(argv: list[str]) -> list[str]:
     return out
 
 
+#: fire's own flags, which every command accepts.
+FIRE_FLAGS = {"help", "h", "interactive", "i", "separator", "trace", "t", "verbose", "v", "completion"}
+
+
+def check_flags(argv: list[str]):
+    """Refuse, before anything runs, a flag the command does not take (with "did you mean") or one
+    positional argument too many: fire would run the command first and complain afterwards, so a
+    typo in `jobbie delete JOB --forse` used to delete the job and then fail."""
+    target, depth = Cli, 0
+    while depth < len(argv) and not argv[depth].startswith("-"):
+        attr = getattr(target, argv[depth].replace("-", "_"), None)
+        if attr is None:
+            return  # fire reports an unknown command itself, before running anything
+        depth += 1
+        if inspect.isfunction(attr):
+            target = attr
+            break
+        target = type(attr)
+    if not inspect.isfunction(target):
+        return
+    params = inspect.signature(target).parameters
+    names = [n for n in params if n != "self"]
+    command = " ".join(argv[:depth])
+    accepted = sorted(n.replace("_", "-") for n in names)
+    positional, flagged, i = 0, set(), depth
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return  # what follows is for fire itself
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, _ = arg[2:].partition("=")
+            key = name.replace("-", "_")
+            boolean_off = key.startswith("no") and key[2:] in names
+            if key not in names and not boolean_off and key not in FIRE_FLAGS:
+                near = difflib.get_close_matches(name.replace("_", "-"), accepted, n=1)
+                hint = f"; did you mean --{near[0]}?" if near else ""
+                _refuse(f"jobbie {command}: no such flag --{name}{hint} (it takes: "
+                        f"{', '.join('--' + a for a in accepted) or 'no flags'}; see jobbie {command} --help)")
+            flagged.add(key)
+            if not eq and key in names and params[key].annotation not in (bool, "bool") and i + 1 < len(argv):
+                i += 1  # the flag's value
+        elif arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit():
+            letters = arg[1:].partition("=")[0]
+            if letters not in FIRE_FLAGS and not (len(letters) == 1 and sum(
+                    n.startswith(letters) for n in names) == 1):
+                _refuse(f"jobbie {command}: no such flag {arg.partition('=')[0]} (see jobbie {command} --help)")
+        else:
+            positional += 1
+        i += 1
+    free = [n for n in names if n not in flagged]
+    varargs = any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params.values())
+    if positional > len(free) and not varargs:
+        _refuse(f"jobbie {command}: too many arguments ({positional} given, it takes at most {len(free)}; "
+                f"see jobbie {command} --help)")
+
+
+def _refuse(message: str):
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None):
     # fire prints return values; commands print themselves and return None.
     os.environ.setdefault("PAGER", "cat")
     argv = sys.argv[1:] if argv is None else argv
+    check_flags(list(argv))
     fire.Fire(Cli(), command=protect_strings(list(argv)), name="jobbie")
 
 

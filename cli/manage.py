@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from . import render
-from .common import _fail, _flag, _json_arg, _run
+from .common import _client, _fail, _fail_with, _flag, _json_arg, _run
 
 
 def _max_arg(value):
@@ -27,19 +27,17 @@ def _int_arg(value, name):
 
 def _drain_calls(server, output, op, args, to_text):
     """Call a bounded delete op until nothing is left (or nothing more goes); print the summed answer."""
-    from jobbie.transport.client import Client, server_endpoint
     from jobbie.transport.errors import JobbieError
 
     if output not in ("text", "json"):
         _fail(f"--output must be text or json, not {output!r}", 2)
     total = {"deleted": 0, "remaining": 0, "calls": 0}
-    with Client(server, timeout=30.0, retry_for=10.0) as client:
+    with _client(server, timeout=30.0, retry_for=10.0) as client:
         while True:
             try:
                 result = client.call(op, **args)
             except JobbieError as exc:
-                field = f" (field {exc.field})" if exc.field else ""
-                _fail(f"{exc.code}: {exc.message}{field} [server {server_endpoint(server)}]")
+                _fail_with(exc, server)
             total["deleted"] += result["deleted"]
             total["calls"] += 1
             # Stop when done, or when producers refill the queue as fast as it empties.

@@ -9,7 +9,7 @@ from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
 
 from . import render
-from .common import _fail, _flag, _json_arg, _json_default
+from .common import _client, _fail, _fail_with, _flag, _json_arg, _json_default
 
 #: Ids sent per bulk request when they come from stdin or --ids (the protocol allows 100000).
 BULK_IDS_PER_REQUEST = 50_000
@@ -41,8 +41,7 @@ def _call(client: Client, op: str, args: dict) -> dict:
     try:
         return client.call(op, **args)
     except JobbieError as exc:
-        field = f" (field {exc.field})" if exc.field else ""
-        _fail(f"{exc.code}: {exc.message}{field} [server {client.endpoint}]")
+        _fail_with(exc, client.endpoint)
 
 
 class AdminCli:
@@ -63,7 +62,7 @@ class AdminCli:
         for attempt in range(max(1, int(tries))):
             rows = []
             for endpoint in endpoints:
-                with Client(endpoint, timeout=60.0, retry_for=5.0) as client:
+                with _client(endpoint, timeout=60.0, retry_for=5.0) as client:
                     rows.append({"server": client.endpoint, **_call(client, "digest", {})})
             if len({r["applied_index"] for r in rows}) == 1:
                 break
@@ -90,7 +89,7 @@ class AdminCli:
         """Rebuild the search mirror (SQLite) from LMDB; searches keep working meanwhile. Waits until it is swapped in."""
         if output not in ("text", "json"):
             _fail(f"--output must be text or json, not {output!r}", 2)
-        with Client(server, timeout=600.0, retry_for=10.0) as client:
+        with _client(server, timeout=600.0, retry_for=10.0) as client:
             result = _call(client, "rebuild_mirror", {})
         if output == "json":
             print(json.dumps(result, sort_keys=True))
@@ -141,7 +140,7 @@ class SearchCommands:
         if every and int(limit) == 50:
             args["limit"] = 1000  # --all: big pages unless a page size was asked for
         shown = 0
-        with Client(server, timeout=15.0, retry_for=15.0) as client:
+        with _client(server, timeout=15.0, retry_for=15.0) as client:
             while True:
                 page = _call(client, "search_jobs", args)
                 if output == "json":
@@ -194,8 +193,8 @@ class SearchCommands:
                 requests.append(dict(base, job_ids=id_list[i:i + BULK_IDS_PER_REQUEST]))
         totals = {"affected": 0, "skipped": 0, "error_count": 0, "errors": [], "total": 0, "duration_ms": 0}
         # A bulk is not idempotent as a whole: never resend it on a time-out (retry_for=0).
-        with Client(server, timeout=130.0, retry_for=0.0) as client, \
-                Client(server, timeout=10.0, retry_for=30.0) as poller:
+        with _client(server, timeout=130.0, retry_for=0.0) as client, \
+                _client(server, timeout=10.0, retry_for=30.0) as poller:
             for args in requests:
                 result = _call(client, "bulk", args)
                 if result.get("status") == "running":

@@ -8,12 +8,18 @@ replies may come back in any order (matched by request id).
 time-out, UNAVAILABLE or RESOURCE_EXHAUSTED answer is retried with that same
 `request_id` until `retry_for` runs out, honouring `retry_after_ms`. The
 server applies such a retry at most once.
+
+A client that has never reached any of its endpoints fails its first call
+after `connect_timeout` (2 s) with UNAVAILABLE / `unreachable` and a hint,
+instead of retrying for `retry_for` against an address where nothing listens.
+Once connected, a node that goes away is ridden through by the retries.
 """
 from __future__ import annotations
 
 import itertools
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -22,7 +28,7 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 import zmq
 
 from . import codec
-from .errors import RETRYABLE, Unavailable, from_wire
+from .errors import RETRYABLE, InvalidArgument, Unavailable, from_wire
 from .ops import OPS
 
 DEFAULT_SERVER = "tcp://127.0.0.1:7700"
@@ -35,8 +41,25 @@ def _given(options: dict) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+ENDPOINT = re.compile(r"(tcp://[^\s,/]+:[0-9]{1,5}|ipc://\S+|inproc://\S+)\Z")
+
+
 def server_endpoint(server: str | None = None) -> str:
     return server or os.environ.get("JOBBIE_SERVER") or DEFAULT_SERVER
+
+
+def check_endpoints(server: str) -> list[str]:
+    """The comma-separated endpoints of `server`, each a ZeroMQ address. Raises InvalidArgument."""
+    endpoints = [e.strip() for e in server.split(",") if e.strip()]
+    if not endpoints:
+        raise InvalidArgument("no server address given; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:7700",
+                              field="server", reason="invalid_name")
+    for e in endpoints:
+        if not ENDPOINT.match(e):
+            hint = f" (did you mean tcp://{e}?)" if re.fullmatch(r"[^\s:/]+:[0-9]{1,5}", e) else ""
+            raise InvalidArgument(f"server address {e!r} is not a ZeroMQ endpoint{hint}; write tcp://HOST:PORT, "
+                                  "e.g. tcp://127.0.0.1:7700", field="server", reason="invalid_name")
+    return endpoints
 
 
 class Client:
@@ -47,8 +70,12 @@ class Client:
     """
 
     def __init__(self, server: str | None = None, timeout: float = 10.0, retry_for: float = 30.0,
-                 client_key: str | None = None):
+                 client_key: str | None = None, connect_timeout: float = 2.0):
         self.endpoint = server_endpoint(server)
+        self._endpoints = check_endpoints(self.endpoint)
+        self.connect_timeout = connect_timeout
+        #: Set once a connection to any endpoint has completed its handshake (or a reply came).
+        self._connected = threading.Event()
         self.timeout = timeout
         self.retry_for = retry_for
         self.client_key = client_key
@@ -70,7 +97,10 @@ class Client:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        endpoints = [e.strip() for e in self.endpoint.split(",") if e.strip()]
+        endpoints = self._endpoints
+        # Connection events only (a handful per connection), to tell "nothing listens there" apart
+        # from "slow to answer" on the first call.
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         if len(endpoints) > 1:
             # Several nodes: requests go round-robin to the connected ones only,
             # so a dead node's share is not queued for it (retries reach the others).
@@ -80,10 +110,18 @@ class Client:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         try:
             while not self._closed:
                 for fd_or_sock, _ in poller.poll(200):
-                    if fd_or_sock is sock:
+                    if fd_or_sock is monitor:
+                        while True:
+                            try:
+                                monitor.recv_multipart(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                            self._connected.set()
+                    elif fd_or_sock is sock:
                         while True:
                             try:
                                 frame = sock.recv(zmq.NOBLOCK)
@@ -102,12 +140,15 @@ class Client:
                         break
                     sock.send(data)
         finally:
+            sock.disable_monitor()
+            monitor.close()
             sock.close()
             for fut in list(self._futures.values()):
                 if not fut.done():
                     fut.set_exception(Unavailable("client closed", reason="closed"))
 
     def _deliver(self, frame: bytes):
+        self._connected.set()
         try:
             msg = codec.decode(frame)
             fut = self._futures.pop(msg.get("id"), None)
@@ -141,6 +182,10 @@ class Client:
         Raises:
             JobbieError: the server's answer (typed by code), or Unavailable after `retry_for`.
         """
+        if not self._connected.is_set() and not self._connected.wait(self.connect_timeout):
+            raise Unavailable(f"nothing answers at {self.endpoint} (no connection within "
+                              f"{self.connect_timeout:g} s); start one with: jobbie server, or point "
+                              "--server / JOBBIE_SERVER at a running node", reason="unreachable")
         spec = OPS.get(op)
         if spec is not None and spec.path == "write" and op not in _NO_AUTO_REQUEST_ID:
             args.setdefault("request_id", uuid.uuid4().hex)

@@ -120,6 +120,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "timeout": ("UNAVAILABLE", "No outcome within the write time-out (5 s at the gateway; the Python client makes "
                 "it too when no reply comes in time); `retry_after_ms` is 100."),
     "closed": ("UNAVAILABLE", "Made by the Python client after `close()`; never sent by the server."),
+    "unreachable": ("UNAVAILABLE", "Made by the Python client when it has never reached any of its endpoints "
+                    "within its connect time-out (2 s): nothing listens there. Never sent by the server."),
     "starting": ("UNAVAILABLE", "A read (`get_job`, `list_queues`) before the node has created its store."),
     "store_unavailable": ("UNAVAILABLE", "A read hit an LMDB error; the store is reopened on the next read."),
     "mirror_disabled": ("UNAVAILABLE", "A search or bulk op on a node started with `--mirror=false`."),

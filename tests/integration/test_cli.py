@@ -178,18 +178,6 @@ def test_bad_output_option_is_one_line(node):
     assert "--output" in proc.stderr
 
 
-def test_server_not_running_is_one_line_unavailable_and_bounded():
-    # Given an endpoint nothing listens on
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    started = time.monotonic()
-    proc = jobbie("queues", server=endpoint, timeout=40.0)
-    elapsed = time.monotonic() - started
-    # Then the command gives up within ~15 s with one UNAVAILABLE line
-    assert_one_line_error(proc, "jobbie: UNAVAILABLE")
-    assert endpoint in proc.stderr
-    assert elapsed < 16.0, f"took {elapsed:.1f}s"
-
-
 # -------------------------------------------------------------------------- help
 def server_help() -> str:
     proc = jobbie("server", "--help", timeout=30.0)
@@ -228,3 +216,79 @@ def test_enqueue_without_payload_sends_null(node, client):
 def test_number_like_queue_name_is_kept(node, client):
     enq = ok_json(jobbie("enqueue", "1e3", "1", "--output", "json", server=node.endpoint))
     assert client.get_job(enq["job_id"])["queue"] == "1e3"
+
+
+# ------------------------------------------------------------------ day one: typos and absent servers
+def test_a_misspelt_flag_is_refused_before_the_command_runs(node, client):
+    # Given a queue that holds no job
+    # When enqueue is called with a misspelt flag
+    proc = jobbie("enqueue", "typo-q", "{}", "--priorty", "high", server=node.endpoint)
+    # Then it is refused in one line with the right spelling, and no job was created
+    assert_one_line_error(proc, "jobbie enqueue: no such flag --priorty; did you mean --priority?")
+    assert proc.returncode == 2
+    assert not [q for q in client.queues() if q["name"] == "typo-q"]
+
+
+def test_delete_with_an_unknown_flag_does_not_delete(node, client):
+    job_id = client.enqueue("typo-d", {"n": 1})
+    proc = jobbie("delete", job_id, "--force", server=node.endpoint)
+    assert_one_line_error(proc, "jobbie delete: no such flag --force")
+    assert client.get_job(job_id)["state"] == "pending"
+
+
+def test_one_argument_too_many_is_refused(node, client):
+    proc = jobbie("cancel", "job_1", "job_2", "text", "extra", server=node.endpoint)
+    assert_one_line_error(proc, "jobbie cancel: too many arguments")
+
+
+def _commands(target=None, prefix=()):
+    """Every (words, function) of the CLI, groups included."""
+    import inspect
+
+    from jobbie.cli.main import Cli
+    target = target or Cli
+    for name in dir(target):
+        if name.startswith("_"):
+            continue
+        attr = getattr(target, name)
+        words = (*prefix, name.replace("_", "-"))
+        if inspect.isfunction(attr):
+            yield words, attr
+        elif not inspect.isclass(attr) and hasattr(attr, "__class__") and attr.__class__.__module__.startswith(
+                "jobbie.cli"):
+            yield from _commands(type(attr), words)
+
+
+@pytest.mark.parametrize("words", [w for w, _ in _commands()], ids=" ".join)
+def test_every_command_refuses_an_unknown_flag_before_running(words):
+    # No server is given and none is needed: the refusal comes before any connection.
+    from jobbie.cli.main import check_flags
+    with pytest.raises(SystemExit) as info:
+        check_flags([*words, "--definitely-not-a-flag", "1"])
+    assert info.value.code == 2
+
+
+def test_with_no_server_a_command_fails_within_3_s_with_the_hint():
+    port = free_port()
+    started = time.monotonic()
+    proc = jobbie("queues", server=f"tcp://127.0.0.1:{port}", timeout=15)
+    elapsed = time.monotonic() - started
+    assert_one_line_error(proc, f"jobbie: nothing answers at tcp://127.0.0.1:{port}")
+    assert "start one with: jobbie server" in proc.stderr
+    assert elapsed < 3.0 + 1.0, elapsed  # + interpreter start-up on a loaded machine
+
+
+@pytest.mark.parametrize("words", [("bulk", "retry", "--ids", "job_1"), ("admin", "rebuild-mirror"),
+                                   ("search", "--queue", "q")])
+def test_long_operations_fail_fast_too(words):
+    started = time.monotonic()
+    proc = jobbie(*words, server=f"tcp://127.0.0.1:{free_port()}", timeout=30)
+    assert proc.returncode != 0 and "nothing answers at" in proc.stderr
+    assert time.monotonic() - started < 6.0
+
+
+def test_an_address_without_tcp_is_one_clear_line():
+    proc = jobbie("queues", server="127.0.0.1:7700")
+    assert_one_line_error(proc, "jobbie: --server: server address '127.0.0.1:7700' is not a ZeroMQ endpoint "
+                                "(did you mean tcp://127.0.0.1:7700?)")
+    assert proc.returncode == 2
