@@ -201,6 +201,11 @@ def protect_strings(argv: list[str]) -> list[str]:
             elif is_str.get(key) and i + 1 < len(argv):
                 out.extend([arg, repr(argv[i + 1])])
                 i += 1
+            elif key in params and params[key].annotation not in (bool, "bool") and i + 1 < len(argv):
+                # A typed flag's value goes to fire as it is (`--max-retries 0` is the int 0); it must
+                # not be taken for a positional argument and quoted as a string.
+                out.extend([arg, argv[i + 1]])
+                i += 1
             else:
                 out.append(arg)
         elif arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit():

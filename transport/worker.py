@@ -38,6 +38,17 @@ from .errors import JobbieError
 log = logging.getLogger("jobbie.worker")
 
 
+def _log_to_stderr_unless_configured():
+    """Give the worker's log lines a home on stderr when the application set up no logging."""
+    if logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
 class Cancelled(Exception):
     """Raised by `Job.check()` when the job was cancelled or its lease was lost."""
 
@@ -119,11 +130,24 @@ class Worker:
         """Begin a graceful drain (safe from a signal handler)."""
         self._stopping.set()
 
+    def _on_signal(self, signum, frame):
+        if self._stopping.is_set():
+            # A second Ctrl-C: stop at once. Leases of running jobs end and they run again elsewhere.
+            log.warning("worker %s: second %s, stopping now (%d running jobs come back when their leases end)",
+                        self.worker_id, signal.Signals(signum).name, len(self.in_flight))
+            os._exit(130)
+        log.info("worker %s: %s, finishing %d running jobs (up to %g s; again to stop at once)",
+                 self.worker_id, signal.Signals(signum).name, len(self.in_flight), self.drain_timeout)
+        self.stop()
+
     def run(self):
         """Fetch and run jobs until `stop()` or SIGTERM/SIGINT, then drain."""
+        _log_to_stderr_unless_configured()
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.stop)
-            signal.signal(signal.SIGINT, self.stop)
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        log.info("worker %s: queues %s, concurrency %d, server %s", self.worker_id, ", ".join(self.handlers),
+                 self.concurrency, self.client.endpoint)
         beat = threading.Thread(target=self._heartbeat_loop, name="jobbie-heartbeat", daemon=True)
         beat.start()
         try:
@@ -161,38 +185,47 @@ class Worker:
                                  daemon=True).start()
 
     def _run_job(self, job: Job):
+        started = time.monotonic()
         try:
             handler = self.handlers[job.queue]
             try:
                 result = handler(job)
             except Exception as exc:
-                self._finish(job, error=exc)
+                took = (time.monotonic() - started) * 1000
+                outcome = self._finish(job, error=exc)
+                log.warning("%s %s attempt %d: %s after %.0f ms: %s: %s", job.queue, job.id, job.attempt, outcome,
+                            took, type(exc).__name__, exc, exc_info=not isinstance(exc, Cancelled))
             else:
-                self._finish(job, result=result)
+                took = (time.monotonic() - started) * 1000
+                outcome = self._finish(job, result=result)
+                log.info("%s %s attempt %d: %s in %.0f ms", job.queue, job.id, job.attempt, outcome, took)
         finally:
             with self._lock:
                 self.in_flight.pop(job.id, None)
             self._slots.release()
 
-    def _finish(self, job: Job, result=None, error: Exception | None = None):
+    def _finish(self, job: Job, result=None, error: Exception | None = None) -> str:
+        """Report the outcome; returns what became of the job, for the log line."""
         if job.lost:
-            return  # someone else holds the job now; our outcome does not count
+            return "lease lost, outcome discarded"  # someone else holds the job now
         extra = job.take_heartbeat()
         extra.pop("progress", None)
         try:
             if error is None:
                 self.client.ack(job.id, result=result, **extra)
                 self.completed += 1
-            else:
-                message = f"{type(error).__name__}: {error}"
-                self.client.fail(job.id, message, backtrace="".join(traceback.format_exception(error)),
-                                 **extra)
-                self.failed += 1
+                return "completed"
+            message = f"{type(error).__name__}: {error}"
+            answer = self.client.fail(job.id, message, backtrace="".join(traceback.format_exception(error)),
+                                      **extra)
+            self.failed += 1
+            state = answer.get("state") if isinstance(answer, dict) else None
+            return f"failed ({state})" if state else "failed"
         except JobbieError as exc:
             if exc.reason == "lease_lost":
-                log.warning("job %s: lease lost before it finished; its outcome was discarded", job.id)
-            else:
-                log.error("job %s: could not report its outcome: %s", job.id, exc)
+                return "lease lost before it finished, outcome discarded"
+            log.error("job %s: could not report its outcome: %s", job.id, exc)
+            return "outcome not reported"
         finally:
             job.lost = True  # reported (or abandoned): nothing more goes out for it
 

@@ -292,3 +292,10 @@ def test_an_address_without_tcp_is_one_clear_line():
     assert_one_line_error(proc, "jobbie: --server: server address '127.0.0.1:7700' is not a ZeroMQ endpoint "
                                 "(did you mean tcp://127.0.0.1:7700?)")
     assert proc.returncode == 2
+
+
+def test_a_typed_flag_before_a_string_argument_keeps_its_type(node, client):
+    # `--max-retries 0` used to reach the server as the string "0" (taken for a positional argument)
+    proc = jobbie("enqueue", "typed-q", '{"a": 1}', "--max-retries", "0", "--output", "json", server=node.endpoint)
+    job = client.get_job(ok_json(proc)["job_id"])
+    assert job["max_retries"] == 0

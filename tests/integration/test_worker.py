@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from jobbie.transport.client import Client
 from jobbie.transport.worker import Cancelled, Worker
 
 from .conftest import wait_for
@@ -298,3 +299,39 @@ def test_concurrency_limit_is_respected(node, client):
     assert peak == 2, f"peak concurrency {peak}"
     assert len(order) == 6
     assert [client.get_job(j)["result"] for j in ids] == list(range(6))
+
+
+def test_the_worker_logs_a_start_line_and_one_line_per_job(node, tmp_path):
+    # Given an app with one handler that succeeds and one job that fails
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from jobbie import Worker\n"
+        "def handle(job):\n"
+        "    if job.payload.get('bad'):\n"
+        "        raise ValueError('no such mailbox')\n"
+        "    return {'ok': True}\n"
+        f"Worker({{'mail': handle}}, server={node.endpoint!r}, concurrency=2, wait_ms=200).run()\n")
+    with Client(node.endpoint) as c:
+        good = c.enqueue("mail", {"to": "a"})
+        bad = c.enqueue("mail", {"bad": True}, max_retries=0)
+    proc = subprocess.Popen([sys.executable, str(app)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        with Client(node.endpoint) as c:
+            wait_for(lambda: c.get_job(good)["state"] == "completed" and c.get_job(bad)["state"] == "dead", 20,
+                     message="both jobs to finish")
+        # When it is interrupted / Then it stops promptly
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+        assert time.monotonic() - started < 5.0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # And the log has the start line, a line per job with its outcome, and the failure's traceback
+    assert "INFO worker " in out and "queues mail, concurrency 2" in out
+    assert f"mail {good} attempt 1: completed in" in out
+    assert f"mail {bad} attempt 1: failed (dead) after" in out and "ValueError: no such mailbox" in out
+    assert "Traceback (most recent call last)" in out
+    assert proc.returncode == 0

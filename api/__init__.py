@@ -1,0 +1,27 @@
+"""jobbie: a replicated, language-agnostic job queue server.
+
+The Python API in one import:
+
+    from jobbie import Client, Worker
+
+`Client` talks to a node (or several) over the wire protocol; `Worker` runs handlers for queues.
+The server itself is `jobbie server` (the `jobbie.actors` package); everything else lives in
+`jobbie.transport`, `jobbie.storage` and `jobbie.cli`.
+"""
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+from jobbie.transport.client import Client
+from jobbie.transport.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument, JobbieError,
+                                     NotFound, ResourceExhausted, Unavailable)
+from jobbie.transport.worker import Cancelled, Job, Worker
+
+try:
+    __version__ = _metadata.version("jobbie")
+except _metadata.PackageNotFoundError:  # running from a tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["Client", "Worker", "Job", "Cancelled", "JobbieError", "InvalidArgument", "NotFound",
+           "FailedPrecondition", "AlreadyExists", "ResourceExhausted", "Unavailable", "Internal",
+           "__version__"]
