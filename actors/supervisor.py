@@ -13,10 +13,12 @@ socket; the gateway shows it in cluster_status.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import socket as pysocket
 import subprocess
@@ -43,6 +45,47 @@ LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 class StartupError(Exception):
     """The node cannot start; the message says why in one line."""
+
+
+def check_bind(flag: str, host: str, port: int, form: str = "HOST:PORT"):
+    """Refuse, before any actor starts, an address this node cannot listen on.
+
+    A taken port used to show up only as a gateway (or raft) crash loop, its cause in a log file.
+    The check binds and closes a plain socket, with SO_REUSEADDR as ZeroMQ and pysyncobj use it, so
+    a port in TIME_WAIT passes and one another program listens on does not.
+    """
+    try:
+        infos = pysocket.getaddrinfo(host, port, type=pysocket.SOCK_STREAM)
+    except (pysocket.gaierror, UnicodeError) as exc:
+        raise StartupError(f"{flag} {host}:{port}: cannot resolve {host!r} ({exc})") from None
+    family, _, _, _, address = infos[0]
+    probe = pysocket.socket(family, pysocket.SOCK_STREAM)
+    try:
+        probe.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)
+        probe.bind(address)
+    except OSError as exc:
+        why = "the port is taken (another jobbie node or program listens there)" \
+            if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise StartupError(f"{flag} {host}:{port}: {why}; pick another with {flag} {form}") from None
+    finally:
+        probe.close()
+
+
+def check_client_bind(endpoint: str):
+    """--bind must be a ZeroMQ endpoint this node can listen on (tcp:// is checked for a free port)."""
+    match = re.fullmatch(r"tcp://(\[[0-9a-fA-F:]+\]|[^\s:/]+):([0-9]{1,5})", endpoint)
+    if match is None:
+        if re.fullmatch(r"(ipc|inproc)://\S+", endpoint):
+            return
+        hint = f" (did you mean tcp://{endpoint}?)" if re.fullmatch(r"[^\s:/]+:[0-9]{1,5}", endpoint) else ""
+        raise StartupError(f"--bind {endpoint!r} is not a ZeroMQ endpoint{hint}; write tcp://HOST:PORT, "
+                           "e.g. tcp://127.0.0.1:7700")
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    if host == "*":
+        host = "0.0.0.0"
+    if not 0 < port < 65536:
+        raise StartupError(f"--bind {endpoint}: port {port} is out of range (1-65535)")
+    check_bind("--bind", host, port, form="tcp://HOST:PORT")
 
 
 @dataclass
@@ -141,6 +184,11 @@ class Supervisor:
             log.warning("raft address changed from %s to %s%s", identity["raft_bind"], cfg.raft_bind,
                         "; the other nodes must be told (jobbie cluster remove/add)" if cfg.peers else "")
         identity.update(node_id=cfg.node_id, raft_bind=cfg.raft_bind)
+        check_client_bind(cfg.bind)
+        raft_host, _, raft_port = cfg.raft_bind.rpartition(":")
+        if not raft_port.isdigit() or not 0 < int(raft_port) < 65536:
+            raise StartupError(f"--raft-bind {cfg.raft_bind!r} is not HOST:PORT")
+        check_bind("--raft-bind", raft_host, int(raft_port))
         with open(identity_path + ".tmp", "w") as f:
             json.dump(identity, f)
         os.replace(identity_path + ".tmp", identity_path)

@@ -299,3 +299,22 @@ def test_a_typed_flag_before_a_string_argument_keeps_its_type(node, client):
     proc = jobbie("enqueue", "typed-q", '{"a": 1}', "--max-retries", "0", "--output", "json", server=node.endpoint)
     job = client.get_job(ok_json(proc)["job_id"])
     assert job["max_retries"] == 0
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--bind", "tcp://127.0.0.1:{port}", "--bind 127.0.0.1:{port}: the port is taken"),
+    ("--raft-bind", "127.0.0.1:{port}", "--raft-bind 127.0.0.1:{port}: the port is taken"),
+    ("--bind", "127.0.0.1:7700", "is not a ZeroMQ endpoint (did you mean tcp://127.0.0.1:7700?)"),
+])
+def test_server_refuses_an_address_it_cannot_listen_on_before_serving(tmp_path, flag, value, says):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        proc = jobbie("server", "--data-dir", tmp_path / "data", flag, value.format(port=port), timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "serving" not in proc.stderr and says.format(port=port) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert time.monotonic() - started < 10
