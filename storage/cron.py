@@ -13,11 +13,14 @@ must (the `*` one matches every day).
 
 jobbie extension: six fields put a seconds field first (`*/2 * * * * *`).
 
-Time zones and DST (`next_fire`): the fields are read as wall-clock time in the
-schedule's IANA zone. A wall time that does not exist (skipped by a spring-forward
-change) does not fire that day; a wall time that happens twice (fall-back)
-fires once, at its first occurrence. So a `30 2 * * *` schedule in Europe/Berlin
-skips the last Sunday of March and fires once on the last Sunday of October.
+Time zones and DST (`next_fire`, computed by the cronsim library): the fields
+are read as wall-clock time in the schedule's IANA zone, with cron's own rules
+for daylight-saving changes. A fire time that falls in the hour skipped by a
+spring-forward change happens once, at the first valid time after the gap
+(`30 2 * * *` in Europe/Berlin fires at 03:00 on the last Sunday of March). In
+the hour repeated by a fall-back change, a fixed time fires once, at its first
+occurrence, while a schedule that runs every minute or hour keeps running
+through both passes (no gap and no double fire at a fixed time).
 
 Pure: no clock. The result depends only on the arguments and on the IANA time
 zone database the process loads (zoneinfo), so every node must have the same
@@ -30,6 +33,8 @@ import functools
 import re
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
 
 UTC = dt.timezone.utc
 
@@ -158,46 +163,53 @@ def zone(name: str) -> dt.tzinfo:
         raise CronError(f"unknown time zone {name!r}") from exc
 
 
-def _instant_ms(wall: dt.datetime, tz) -> int | None:
-    """Epoch ms of a wall-clock time in `tz` (first occurrence), or None if that wall time does not exist."""
-    aware = wall.replace(tzinfo=tz, fold=0)
-    utc = aware.astimezone(UTC)
-    if utc.astimezone(tz).replace(tzinfo=None) != wall:
-        return None  # inside a spring-forward gap
-    return int(utc.timestamp()) * 1000
+def _for_cronsim(expr: str) -> str:
+    """`expr` as cronsim should read it: macros expanded, and every field that does not start
+    with `*` spelt as the explicit list our parser made of it. So names, `7` for Sunday and
+    ranges with steps mean exactly what parse() says (cronsim reads `1-1/4` as `1/4`), while `*`
+    and `*/n` stay as written: cron's day rule and its DST rule for interval schedules look at
+    whether a field is a wildcard."""
+    text = expr.strip()
+    if text.startswith("@"):
+        text = MACROS[text.lower()]
+    parts = text.split()
+    fields = _FIELDS if len(parts) == 6 else _FIELDS[1:]
+    out = []
+    for part, (name, low, high, names) in zip(parts, fields):
+        if part.startswith("*"):
+            out.append(part)
+            continue
+        values = _parse_field(part, name, low, high, names)
+        if name == "day-of-week":
+            values = {v % 7 for v in values}
+        out.append(",".join(str(v) for v in sorted(values)))
+    return " ".join(out)
 
 
 def next_fire(expr: str, tz_name: str, after_ms: int) -> int | None:
     """The first fire time of `expr` in zone `tz_name` strictly after `after_ms` (epoch ms), or None.
 
-    None means no fire within SEARCH_DAYS (e.g. `0 0 30 2 *`). Raises CronError for a bad
-    expression or zone.
+    None means no fire within SEARCH_DAYS (e.g. `0 0 29 2 1`, a Monday Feb 29, may be decades
+    away). Raises CronError for a bad expression or zone. The walk over wall-clock times, DST
+    included, is cronsim's (pinned in setup.cfg, so every node computes the same times).
     """
-    spec = parse(expr)
+    parse(expr)  # our own check first: its errors name the field
     tz = zone(tz_name)
     if not 0 <= after_ms <= _INSTANT_MAX_MS:
         return None
-    start = dt.datetime.fromtimestamp(after_ms // 1000, tz).replace(tzinfo=None, fold=0)
-    date = start.date()
-    for offset in range(SEARCH_DAYS):
-        day = date + dt.timedelta(days=offset)
-        if not spec.day_matches(day):
-            continue
-        first = offset == 0
-        for hour in spec.hours:
-            if first and hour < start.hour:
-                continue
-            same_hour = first and hour == start.hour
-            for minute in spec.minutes:
-                if same_hour and minute < start.minute:
-                    continue
-                same_minute = same_hour and minute == start.minute
-                for second in spec.seconds:
-                    if same_minute and second < start.second:
-                        continue
-                    at = _instant_ms(dt.datetime(day.year, day.month, day.day, hour, minute, second), tz)
-                    # Wall times before `start` map to earlier instants; only the
-                    # second pass of a fall-back hour can still give at <= after_ms.
-                    if at is not None and at > after_ms:
-                        return at
-    return None
+    start = dt.datetime.fromtimestamp(after_ms // 1000, tz).replace(microsecond=(after_ms % 1000) * 1000)
+    try:
+        times = CronSim(_for_cronsim(expr), start)
+        for _ in range(4):  # a fire within the same second as `start` is not "after" it in ms
+            at = next(times)
+            at_ms = int(at.timestamp()) * 1000
+            if at_ms > after_ms:
+                break
+        else:
+            return None
+    except (CronSimError, StopIteration, OverflowError, ValueError):
+        # Our parser accepted it, so cronsim refusing it means an impossible date (Feb 30).
+        return None  # no fire before datetime's year 9999
+    if at_ms - after_ms > SEARCH_DAYS * 86_400_000:
+        return None
+    return at_ms
