@@ -50,7 +50,8 @@ class Cli(ManageCommands, SearchCommands):
                node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024,
                inflight_max: int = 50_000, inflight_per_client_max: int = 10_000, snapshot_every: int = 20_000,
                raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
-               completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000):
+               completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000,
+               usage: bool = True):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Args:
@@ -70,6 +71,8 @@ class Cli(ManageCommands, SearchCommands):
             required when raft addresses are not loopback. Needs `pip install cryptography`.
           mirror: Run the mirror actor (SQLite view for search and bulk); --mirror=false saves its CPU,
             and search/bulk then answer UNAVAILABLE.
+          usage: Run the usage actor (usage rollups for `jobbie usage`); --usage=false saves its CPU, and
+            usage_summary then answers UNAVAILABLE. Usage is recorded in LMDB either way.
           bootstrap: First start of a new cluster on an empty data dir (with --peers).
           rejoin: This node lost its data dir; start empty and catch up from the leader (with --peers).
           completed_retention_ms: Delete completed and cancelled jobs this long after they finished
@@ -88,7 +91,7 @@ class Cli(ManageCommands, SearchCommands):
                             completed_retention_ms=max(0, int(completed_retention_ms)),
                             worker_retention_ms=max(0, int(worker_retention_ms)),
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
-                            mirror=_flag(mirror))
+                            mirror=_flag(mirror), usage=_flag(usage))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay_ms: int = None,
