@@ -65,7 +65,8 @@ OK_FIELD_DOCS = {
     ("cluster_status", "applied_index"): "Last raft index applied on this node (same freshness).",
     ("cluster_status", "durable"): "`true` when started with `--durable`.",
     ("cluster_status", "actors"): "List of `{name, pid, restarts, alive}`: raft, admission, gateway, lifecycle, "
-                                  "supervisor.",
+                                  "mirror, usage, supervisor. Also `mirror` and `usage` rows: their applied "
+                                  "index, lag and rebuilds.",
     ("tick", "promoted"): "Scheduled/retrying jobs moved to `pending`.",
     ("tick", "reclaimed"): "Active jobs whose lease expired.",
     ("tick", "expired"): "Not-running jobs moved to `dead` by their TTL.",
