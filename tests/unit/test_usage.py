@@ -249,3 +249,34 @@ def test_feed_gaps_are_counted_and_requests_wait_for_the_catch_up(h):
     caught_up(core, 1.0)
     ((tag, reply),) = core.take_replies()
     assert reply["ok"]["records"] == 2 and core.rebuilds == 1
+
+
+# ------------------------------------------------------------------ bad input the rows cannot say
+
+@pytest.mark.parametrize("op_name,args,field,reason", [
+    ("usage_summary", {"group_by": ["model", "bogus"]}, "group_by[1]", "invalid_choice"),
+    ("usage_summary", {"group_by": ["tag:"]}, "group_by[0]", "invalid_choice"),
+    ("usage_summary", {"group_by": [1]}, "group_by[0]", "wrong_type"),
+    ("usage_summary", {"group_by": ["model", "model"]}, "group_by", "conflicting_fields"),
+    ("usage_summary", {"group_by": ["hour"] * 9}, "group_by", "too_large"),
+    ("usage_summary", {"since": T0, "until": T0}, "until", "out_of_range"),
+    ("usage_summary", {"since": T0 + 5, "until": T0}, "until", "out_of_range"),
+    ("usage_summary", {"since": 0, "until": T0}, "since", "out_of_range"),
+    ("usage_summary", {"since": -1}, "since", "out_of_range"),
+    ("set_price", {"model": "m\x00x", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}, "model", "invalid_name"),
+    ("set_price", {"model": "", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}, "model", "missing_field"),
+    ("set_price", {"model": "m", "input_usd_per_mtok": -1, "output_usd_per_mtok": 1}, "input_usd_per_mtok",
+     "out_of_range"),
+    ("set_price", {"model": "m", "input_usd_per_mtok": float("nan"), "output_usd_per_mtok": 1},
+     "input_usd_per_mtok", "out_of_range"),
+    ("set_price", {"provider": "p\x00", "model": "m", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1},
+     "provider", "invalid_name"),
+    ("delete_price", {"model": "m", "colour": "x"}, "colour", "unknown_field"),
+    ("ack", {"job_id": "j", "usage": {"cache_read_tokens": -1}}, "usage.cache_read_tokens", "out_of_range"),
+])
+def test_bad_usage_and_price_input_names_the_field(op_name, args, field, reason):
+    from jobbie.transport.errors import InvalidArgument
+    from jobbie.transport.ops import validate
+    with pytest.raises(InvalidArgument) as info:
+        validate(op_name, args, now_ms=T0)
+    assert (info.value.field, info.value.reason) == (field, reason), info.value.message
