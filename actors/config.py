@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from jobbie.transport import codec
 
 #: Actor processes, in start order (stopped in reverse, gateway first).
-ACTORS = ("raft", "admission", "gateway", "lifecycle", "mirror")
+ACTORS = ("raft", "admission", "gateway", "lifecycle", "mirror", "usage")
 
 
 @dataclass
@@ -39,6 +39,8 @@ class NodeConfig:
     worker_retention_ms: int = 86_400_000
     #: Run the mirror actor (SQLite view: search, bulk). Off: those ops answer UNAVAILABLE.
     mirror: bool = True
+    #: Run the usage actor (usage rollups for usage_summary). Off: those ops answer UNAVAILABLE.
+    usage: bool = True
     #: Raft entries between snapshots (log compaction); >= 100.
     snapshot_every_entries: int = 20_000
     #: Shared secret for raft peer traffic (pysyncobj encryption); required off loopback.
@@ -46,7 +48,7 @@ class NodeConfig:
 
     def actors(self) -> tuple:
         """The actor processes this node runs, in start order."""
-        return tuple(a for a in ACTORS if a != "mirror" or self.mirror)
+        return tuple(a for a in ACTORS if (a != "mirror" or self.mirror) and (a != "usage" or self.usage))
 
     def endpoint(self, name: str) -> str:
         """IPC endpoint of an actor's inbound socket (e.g. `mirror`: change feed, bulk results,

@@ -36,7 +36,7 @@ log = logging.getLogger("jobbie.supervisor")
 
 # The mirror goes right after the gateway (which waits for its answers in flight) and
 # before admission and raft (which carry its bulk ops).
-STOP_ORDER = ("gateway", "mirror", "lifecycle", "admission", "raft")
+STOP_ORDER = ("gateway", "mirror", "usage", "lifecycle", "admission", "raft")
 EXIT_GAVE_UP = 3
 #: An actor exiting with this code cannot start at all (e.g. an unrecoverable data dir): no restart.
 EXIT_CANNOT_START = 78

@@ -95,7 +95,8 @@ def per_op(before: dict, after: dict, units: float) -> dict:
 
 class Bench:
     def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress,
-                 mirror: bool = True):
+                 mirror: bool = True, usage: bool = False):
+        self.usage = usage
         self.mirror = mirror
         self.duration = duration
         self.repeats = repeats
@@ -120,7 +121,7 @@ class Bench:
 
     def record(self, scenario: str, concurrency: int, repeat: int, result: dict, **extra):
         rec = {"scenario": scenario, "concurrency": concurrency, "repeat": repeat, **result, **extra,
-               "durable": self.durable, "mirror": self.mirror, "duration_s": self.duration, **self.meta,
+               "durable": self.durable, "mirror": self.mirror, "usage": self.usage, "duration_s": self.duration, **self.meta,
                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.records.append(rec)
         errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
@@ -148,7 +149,7 @@ class Bench:
                 workload = S.Batch(batch_size)
             elif name == "lifecycle":
                 prefill(node.endpoint, jobs=max(20_000, int(self.duration * 12_000)))
-                workload = S.Lifecycle(work_ms)
+                workload = S.Lifecycle(work_ms, usage=self.usage)
             elif name == "mixed":
                 workload = S.Mixed(work_ms=work_ms)
             else:
@@ -263,7 +264,7 @@ def markdown(rows: list[dict]) -> str:
 def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", duration: float = 5.0,
          repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
          server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
-         markdown_out: str | None = None, mirror: bool | str = True):
+         markdown_out: str | None = None, mirror: bool | str = True, usage: bool = False):
     """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
 
     Args:
@@ -277,6 +278,8 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
       mirror: Start the node with its mirror actor (false: --mirror=false). "both": every run twice,
         mirror on and off, alternating which goes first, and an on/off line per scenario: the mirror's
         cost, measured so that the machine's drift hits both sides alike.
+      usage: Every ack of the lifecycle scenario carries a usage map (tokens, model, cost), so runs with
+        and without it show what usage accounting costs.
       server: Use this running node instead of starting a fresh one per run (results then accumulate state).
       ceiling: Also measure the bare ZeroMQ ROUTER echo at each concurrency, for the ratio.
       output: text or json (JSON lines of every run, then the medians).
@@ -288,7 +291,8 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
     quiet = output == "json"
     modes = [True, False] if mirror == "both" else [bool(mirror)]
     bench = Bench(float(duration), int(repeats), bool(durable), server,
-                  progress=(lambda line: print(line, file=sys.stderr, flush=True)), mirror=modes[0])
+                  progress=(lambda line: print(line, file=sys.stderr, flush=True)), mirror=modes[0],
+                  usage=bool(usage))
     total = len(levels) * int(repeats)
     for repeat in range(int(repeats)):
         for c in levels:

@@ -46,7 +46,12 @@ class Batch(Workload):
 class Lifecycle(Workload):
     """A worker per client: fetch -> (work_ms) -> ack -> fetch ..."""
 
-    def __init__(self, work_ms: float = 0.0, wait_ms: int = 1000, queue: str = QUEUE):
+    #: What each ack carries with `usage=True` (the price table is empty: cost as reported).
+    USAGE = {"input_tokens": 1200, "output_tokens": 300, "model": "bench-model", "provider": "bench",
+             "cost_usd": 0.0042, "latency_ms": 850}
+
+    def __init__(self, work_ms: float = 0.0, wait_ms: int = 1000, queue: str = QUEUE, usage: bool = False):
+        self.usage = usage
         self.work_s = work_ms / 1000.0
         self.wait_ms = wait_ms
         self.queue = queue
@@ -64,7 +69,10 @@ class Lifecycle(Workload):
             if not jobs:
                 return self.fetch(client), 0, 0.0
             job = jobs[0]
-            return ("ack", {"job_id": job["job_id"], "attempt": job["attempt"]}), 0, self.work_s
+            ack = {"job_id": job["job_id"], "attempt": job["attempt"]}
+            if self.usage:
+                ack["usage"] = self.USAGE
+            return ("ack", ack), 0, self.work_s
         return self.fetch(client), 1, 0.0
 
 

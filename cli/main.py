@@ -18,6 +18,7 @@ from . import render
 from .common import _flag, _json_arg, _run
 from .manage import ManageCommands
 from .search import SearchCommands
+from .usage import UsageCommands
 
 
 class ClusterCli:
@@ -39,7 +40,7 @@ class ClusterCli:
         return _run(server, output, "cluster_remove", {"address": str(address)}, lambda r: f"removed {address}")
 
 
-class Cli(ManageCommands, SearchCommands):
+class Cli(ManageCommands, SearchCommands, UsageCommands):
     """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
 
     Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.
@@ -51,7 +52,8 @@ class Cli(ManageCommands, SearchCommands):
                node_id: str = "n1", raft_bind: str = "", peers: str = "", payload_max_bytes: int = 1024 * 1024,
                inflight_max: int = 50_000, inflight_per_client_max: int = 10_000, snapshot_every: int = 20_000,
                raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
-               completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000):
+               completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000,
+               usage: bool = True):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Args:
@@ -71,6 +73,8 @@ class Cli(ManageCommands, SearchCommands):
             required when raft addresses are not loopback. Needs `pip install cryptography`.
           mirror: Run the mirror actor (SQLite view for search and bulk); --mirror=false saves its CPU,
             and search/bulk then answer UNAVAILABLE.
+          usage: Run the usage actor (usage rollups for `jobbie usage`); --usage=false saves its CPU, and
+            usage_summary then answers UNAVAILABLE. Usage is recorded in LMDB either way.
           bootstrap: First start of a new cluster on an empty data dir (with --peers).
           rejoin: This node lost its data dir; start empty and catch up from the leader (with --peers).
           completed_retention_ms: Delete completed and cancelled jobs this long after they finished
@@ -89,7 +93,7 @@ class Cli(ManageCommands, SearchCommands):
                             completed_retention_ms=max(0, int(completed_retention_ms)),
                             worker_retention_ms=max(0, int(worker_retention_ms)),
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
-                            mirror=_flag(mirror))
+                            mirror=_flag(mirror), usage=_flag(usage))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay_ms: int = None,
@@ -143,19 +147,20 @@ class Cli(ManageCommands, SearchCommands):
     def bench(self, scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", duration: float = 5.0,
               repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
               server: str = None, ceiling: bool = True, output: str = "text", json_out: str = None,
-              markdown_out: str = None, mirror: str = "true"):
+              markdown_out: str = None, mirror: str = "true", usage: bool = False):
         """Load-test a node over the wire protocol (closed loop); medians of repeated runs, with the ZeroMQ ceiling.
 
         Starts a fresh node (and a bare ROUTER echo for the ceiling) per run unless --server is given.
         Scenarios: unary, batch, lifecycle, mixed, fairness. --mirror both runs each scenario with the
-        mirror on and off, alternating, and reports on/off. See bench/README.md.
+        mirror on and off, alternating, and reports on/off. --usage true makes every lifecycle ack carry a
+        usage map (compare with a run without it). See bench/README.md.
         """
         from jobbie.bench.run import main as bench_main
 
         bench_main(scenarios=scenarios, concurrency=concurrency, duration=duration, repeats=repeats,
                    batch_size=batch_size, work_ms=work_ms, durable=_flag(durable), server=server,
                    ceiling=_flag(ceiling), output=output, json_out=json_out, markdown_out=markdown_out,
-                   mirror="both" if str(mirror).lower() == "both" else _flag(mirror))
+                   mirror="both" if str(mirror).lower() == "both" else _flag(mirror), usage=_flag(usage))
 
     def status(self, server: str = None, output: str = "text"):
         """Show the node: raft role, indexes, durability mode, actor processes."""

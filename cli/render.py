@@ -79,6 +79,13 @@ def status(s):
     mirror = mirror_line(s.get("mirror"))
     if mirror:
         lines.append(mirror)
+    usage = s.get("usage")
+    if usage:
+        lag = usage.get("lag")
+        lines.append(f"usage       applied {usage.get('applied_index')}, lag {lag if lag is not None else '?'}, "
+                     f"{usage.get('records', 0)} records, {usage.get('rebuilds', 0)} rebuilds, "
+                     f"{usage.get('gaps', 0)} feed gaps" + (" (no recent report: restarting?)"
+                                                            if usage.get("stale") else ""))
     if adm:
         limits = adm.get("limits") or {}
         lines.append(f"admission   {adm.get('in_flight', 0)} in flight (limit {limits.get('inflight_max', '?')}, "

@@ -67,7 +67,8 @@ OK_FIELD_DOCS = {
     ("cluster_status", "applied_index"): "Last raft index applied on this node (same freshness).",
     ("cluster_status", "durable"): "`true` when started with `--durable`.",
     ("cluster_status", "actors"): "List of `{name, pid, restarts, alive}`: raft, admission, gateway, lifecycle, "
-                                  "mirror (unless started with `--mirror=false`), supervisor.",
+                                  "mirror (unless `--mirror=false`), usage (unless `--usage=false`), "
+                                  "supervisor.",
     ("tick", "promoted"): "Scheduled/retrying jobs moved to `pending`.",
     ("tick", "reclaimed"): "Active jobs whose lease expired.",
     ("tick", "expired"): "Not-running jobs moved to `dead` by their TTL.",
@@ -113,6 +114,31 @@ OK_FIELD_DOCS = {
     ("create_schedule", "cron"): "The cron expression, as given.",
     ("create_schedule", "timezone"): "The IANA zone the expression is read in.",
     ("create_schedule", "payload"): "Payload of each job it makes.",
+    # usage and prices (docs/ai-usage.md)
+    ("usage_summary", "since"): "Window start actually used (floored to the hour).",
+    ("usage_summary", "until"): "Window end actually used (rounded up to the hour; exclusive).",
+    ("usage_summary", "group_by"): "The dimensions, as asked.",
+    ("usage_summary", "groups"): "List of `{key, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+                                 "cost_usd, attempts, jobs, unmetered, cost_sources}`; `key` maps each dimension to "
+                                 "its value (`day`/`hour`: ms at its start; nil: not reported); most expensive first.",
+    ("usage_summary", "totals"): "The same figures over every attempt in the window that passes the filters.",
+    ("usage_summary", "truncated"): "`true` when more groups exist than `limit`.",
+    ("usage_summary", "applied_index"): "Raft index the rollups are complete up to.",
+    ("usage_summary", "lag"): "Raft entries the usage actor is behind this node's raft (as of its last report).",
+    ("rebuild_usage", "records"): "Usage records read from LMDB.",
+    ("rebuild_usage", "applied_index"): "Raft index the new rollups are complete up to.",
+    ("rebuild_usage", "duration_ms"): "How long the rebuild took.",
+    ("list_prices", "prices"): "List of price records `{provider, model, input_usd_per_mtok, output_usd_per_mtok, "
+                               "cache_read_usd_per_mtok, cache_write_usd_per_mtok, created_at, updated_at}`.",
+    ("set_price", "provider"): "The provider, as given.",
+    ("set_price", "model"): "The model, as given.",
+    ("set_price", "input_usd_per_mtok"): "USD per million input tokens.",
+    ("set_price", "output_usd_per_mtok"): "USD per million output tokens.",
+    ("set_price", "cache_read_usd_per_mtok"): "USD per million cache-read tokens (0 when not given).",
+    ("set_price", "cache_write_usd_per_mtok"): "USD per million cache-write tokens (0 when not given).",
+    ("set_price", "created_at"): "When this (provider, model) first got a price (state-clock ms).",
+    ("set_price", "updated_at"): "When the price was last set.",
+    ("set_price", "replaced"): "`true` when a price for (provider, model) existed.",
     # queue management, listings and schedules (docs/management.md)
     ("move_job", "state"): "The job's state, unchanged by the move.",
     ("set_priority", "state"): "The job's state.",
@@ -201,6 +227,7 @@ PATH_NAMES = {
     "read": "read: answered from this node's LMDB",
     "local": "local: answered by the gateway",
     "control": "control: passed to the raft actor, which changes pysyncobj's membership",
+    "usage": "usage: answered by the usage actor from its rollups",
     "internal": "internal: proposed by jobbie itself; clients get `INVALID_ARGUMENT`/`unknown_op`",
 }
 

@@ -12,6 +12,7 @@ from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import check
 
 from . import keys as K
+from . import usage as usage_rules
 from .states import (ACTIVE, CANCELLED, COMPLETED, DEAD, HELD, PENDING, RETRYING, SCHEDULED, STATES,
                      TERMINAL, allowed)
 
@@ -221,18 +222,10 @@ class Apply:
         job["last_error"] = message
         job["failed_at"] = self.now
 
-    def record_usage(self, job, usage: dict | None):
-        if not usage:
-            return
-        entries = [u for u in job.get("usage") or [] if u.get("attempt") != job["attempt"]]
-        entries.append(dict(usage, attempt=job["attempt"]))
-        job["usage"] = entries
-        total = {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
-        for u in entries:
-            total["input_tokens"] += u.get("input_tokens") or 0
-            total["output_tokens"] += u.get("output_tokens") or 0
-            total["cost_usd"] += u.get("cost_usd") or 0.0
-        job["usage_total"] = total
+    def record_usage(self, job, usage: dict | None, final: bool = False):
+        """Keep a usage report for the job's current attempt (storage/usage.py): afterwards
+        `job["usage"]` lists the per-attempt entries and `job["usage_total"]` their sums."""
+        usage_rules.record_usage(self, job, usage, final=final)
 
     def delete_job(self, job):
         """Remove a job from any state: record, indexes, counts, TTL, unique lock, errors."""

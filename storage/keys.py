@@ -15,6 +15,11 @@ Every index key sorts so that "the next thing to do" is one cursor seek:
 - ``schedule_due``: next_fire_at(8) name            -> b""   (cron schedules, next fire first)
 - ``throttled``: queue                              -> b""   (queues with a throttle, for the lifecycle)
 - ``schedules``: name -> schedule record; ``workers``: worker_id -> worker record
+- ``prices``:   provider NUL model                  -> price record (USD per million tokens)
+- ``usage``:    job_id NUL n(4)                     -> usage record of the job's n-th metered attempt
+  (outlives the job: retention and delete_job leave it, so rollups can be rebuilt from LMDB)
+- ``usage_seq``: seq(8)                             -> usage key (one entry per usage record, at the
+  sequence number of its last write: the usage actor reads the records written after its position)
 
 Queue names are ASCII without NUL (transport/ops.py), so NUL ends the queue
 part and every queue's keys form one contiguous range.
@@ -32,7 +37,7 @@ RANK_PRIORITY = {v: k for k, v in PRIORITY_RANK.items()}
 # Named databases inside the one LMDB environment.
 DB_NAMES = (b"meta", b"jobs", b"pending", b"due", b"leases", b"expiry", b"unique", b"queues",
             b"dedupe", b"dedupe_at", b"errors", b"workers", b"batches", b"by_queue", b"done", b"schedules",
-            b"schedule_due", b"throttled")
+            b"schedule_due", b"throttled", b"prices", b"usage", b"usage_seq")
 
 #: One byte per state in `by_queue` keys (STATES order of storage/states.py).
 STATE_CODE = {"scheduled": 1, "pending": 2, "active": 3, "completed": 4, "retrying": 5, "dead": 6,
@@ -95,3 +100,16 @@ def parse_by_queue(key: bytes) -> tuple[str, str, str]:
     """(queue, state, job_id) of a `by_queue` key."""
     queue, _, rest = key.partition(b"\x00")
     return queue.decode(), CODE_STATE[rest[0]], rest[1:].decode()
+
+
+def price_key(provider: str, model: str) -> bytes:
+    return provider.encode() + b"\x00" + model.encode()
+
+
+def usage_key(job_id: str, n: int) -> bytes:
+    return job_id.encode() + b"\x00" + _U32.pack(n)
+
+
+def parse_usage_key(key: bytes) -> tuple[str, int]:
+    """(job_id, n) of a `usage` key."""
+    return bytes(key[:-5]).decode(), _U32.unpack(key[-4:])[0]

@@ -33,7 +33,7 @@ from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import InvariantViolation, check, error_result
 
 from . import keys as K
-from . import management, schedules, tick
+from . import management, schedules, tick, usage
 from .apply import (DEDUPE_TTL_MS, ERRORS_KEPT, Apply, Changes, _ok,  # noqa: F401 (re-exported)
                     after_failed_attempt as _after_failed_attempt, backoff_ms)
 from .queues import fetch_room, note_handed_out
@@ -173,7 +173,7 @@ def handle_ack(a: Apply, args: dict, ids: list) -> dict:
         job["trace"] = args["trace"]
     if "checkpoint" in args:
         job["checkpoint"] = args["checkpoint"]
-    a.record_usage(job, args.get("usage"))
+    a.record_usage(job, args.get("usage"), final=True)
     job["completed_at"] = a.now
     a.move(job, COMPLETED, "ack")
     job["lease_expires_at"] = None
@@ -187,7 +187,7 @@ def handle_fail(a: Apply, args: dict, ids: list) -> dict:
         return refusal
     if "checkpoint" in args:
         job["checkpoint"] = args["checkpoint"]
-    a.record_usage(job, args.get("usage"))
+    a.record_usage(job, args.get("usage"), final=True)
     a.record_error(job, args.get("error") or "", args.get("backtrace"))
     next_at, remaining = _after_failed_attempt(a, job, "fail")
     a.save_job(job)
@@ -307,6 +307,7 @@ HANDLERS = {
     "resume_queue": handle_resume_queue,
     **management.HANDLERS,
     **schedules.HANDLERS,
+    **usage.HANDLERS,
     "tick": tick.handle_tick,
 }
 

@@ -12,6 +12,7 @@ from .machine import applied_index
 from .queues import window_reopens_at
 from .states import DEAD, STATES
 from .tick import SWEEP_AT
+from .usage import READERS as usage_reads
 
 #: Job ids list_workers shows per worker (the `active` count is exact).
 WORKER_JOBS_SHOWN = 100
@@ -199,6 +200,7 @@ def read_digest(txn, dbs, args):
 
 
 READERS = {
+    **usage_reads,
     "get_job": read_get_job,
     "list_queues": read_list_queues,
     "list_workers": read_list_workers,

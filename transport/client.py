@@ -259,6 +259,26 @@ class Client:
     def status(self) -> dict:
         return self.call("cluster_status")
 
+    # ------------------------------------------------- usage and prices (docs/ai-usage.md)
+    def set_price(self, model: str, input_usd_per_mtok: float, output_usd_per_mtok: float,
+                  provider: str | None = None, **options) -> dict:
+        return self.call("set_price", model=model, input_usd_per_mtok=input_usd_per_mtok,
+                         output_usd_per_mtok=output_usd_per_mtok, **_given(dict(options, provider=provider)))
+
+    def list_prices(self) -> list:
+        return self.call("list_prices")["prices"]
+
+    def delete_price(self, model: str, provider: str | None = None) -> dict:
+        return self.call("delete_price", model=model, **_given({"provider": provider}))
+
+    def usage_summary(self, since: int | None = None, until: int | None = None, group_by=None,
+                      **filters) -> dict:
+        group_by = [group_by] if isinstance(group_by, str) else group_by
+        return self.call("usage_summary", **_given(dict(filters, since=since, until=until, group_by=group_by)))
+
+    def rebuild_usage(self) -> dict:
+        return self.call("rebuild_usage")
+
     # -------------------------------------------------------------- lifetime
     def close(self):
         if self._closed:

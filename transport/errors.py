@@ -128,6 +128,11 @@ REASONS: dict[str, tuple[str, str]] = {
     "mirror_unavailable": ("UNAVAILABLE", "The mirror actor has not reported for a few seconds (restarting); "
                            "`retry_after_ms` is set."),
     "mirror_rebuilding": ("UNAVAILABLE", "The mirror is being rebuilt from LMDB; retry shortly."),
+    "usage_disabled": ("UNAVAILABLE", "`usage_summary` / `rebuild_usage` on a node started with `--usage=false`."),
+    "usage_unavailable": ("UNAVAILABLE", "The usage actor has not reported for a few seconds (restarting); "
+                          "`retry_after_ms` is set."),
+    "usage_catching_up": ("UNAVAILABLE", "The usage actor is still reading usage records it has not rolled up "
+                          "(after a restart or a rebuild); retry shortly."),
     "missing_leader": ("UNAVAILABLE", "The raft layer (pysyncobj) knows no leader; the entry was not taken."),
     "not_leader": ("UNAVAILABLE", "The raft layer did not take the entry: this node is not the leader."),
     "leader_changed": ("UNAVAILABLE", "The leader changed before the entry was confirmed: the outcome is unknown, "

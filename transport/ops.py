@@ -9,6 +9,8 @@ Each `Op` row names its arguments (type, default, bounds), the fields of its
 - ``local``: answered by the gateway from what it knows (cluster status);
 - ``control``: passed through admission to the raft actor, which acts on
   pysyncobj directly (membership changes);
+- ``mirror`` / ``usage``: handed by the gateway to the mirror (search, bulk) or
+  the usage actor (usage summaries), which answer from their own views;
 - ``internal``: proposed by jobbie's own actors, refused from clients.
 
 The gateway's validator, docs/protocol.md's tables and the bad-input tests all
@@ -83,12 +85,17 @@ ATTEMPT = Arg("attempt", "int", "Lease token: the `attempt` fetch returned. A mi
               "(`lease_lost`; heartbeat answers status `lost`).", low=1, high=10_000)
 JOB_ID = Arg("job_id", "id", "The job's id.", required=True)
 
-USAGE = Arg("usage", "struct", "Token usage and cost of this attempt.", fields=(
-    Arg("input_tokens", "int", low=0, high=INT64_MAX),
-    Arg("output_tokens", "int", low=0, high=INT64_MAX),
-    Arg("model", "str", length_max=256),
-    Arg("provider", "str", length_max=256),
-    Arg("cost_usd", "float", low=0, high=1e9),
+USAGE = Arg("usage", "struct", "Token usage and cost of this attempt so far (cumulative: a later report of the "
+            "same attempt replaces it). With tokens and a model the price table knows, the server computes "
+            "the cost itself (docs/ai-usage.md).", fields=(
+    Arg("input_tokens", "int", "Prompt tokens, not counting cache reads and writes.", low=0, high=INT64_MAX),
+    Arg("output_tokens", "int", "Completion tokens.", low=0, high=INT64_MAX),
+    Arg("cache_read_tokens", "int", "Prompt tokens read from the provider's cache.", low=0, high=INT64_MAX),
+    Arg("cache_write_tokens", "int", "Prompt tokens written to the provider's cache.", low=0, high=INT64_MAX),
+    Arg("model", "str", "Model name, as in the price table.", length_max=256),
+    Arg("provider", "str", "Provider name, as in the price table.", length_max=256),
+    Arg("cost_usd", "float", "Cost as the worker computed it (kept as `reported_cost_usd` when the price "
+        "table prices the report).", low=0, high=1e9),
     Arg("latency_ms", "int", low=0, high=INT64_MAX),
 ))
 
@@ -456,5 +463,7 @@ _EXTRA_CHECKS = {
 from . import ops_search  # noqa: E402,F401
 # Likewise queue management, worker / dead-letter listings and cron schedules.
 from . import ops_manage  # noqa: E402,F401
+# Likewise the price table and the usage actor's summaries.
+from . import ops_usage  # noqa: E402,F401
 
 WRITE_OPS = frozenset(name for name, op in OPS.items() if op.path == "write")

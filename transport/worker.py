@@ -83,9 +83,22 @@ class Job:
             self._dirty["checkpoint"] = value
 
     def report_usage(self, **usage):
-        """Cumulative usage of this attempt (input_tokens, output_tokens, model, provider, cost_usd, latency_ms)."""
+        """Cumulative usage of this attempt so far (input_tokens, output_tokens, cache_read_tokens,
+        cache_write_tokens, model, provider, cost_usd, latency_ms): replaces what was reported
+        before. Sent with the next heartbeat, and again with the ack or fail."""
         with self._lock:
-            self._dirty["usage"] = usage
+            self._usage = {k: v for k, v in usage.items() if v is not None}
+            self._dirty["usage"] = self._usage
+
+    def add_usage(self, **usage):
+        """Add one call's usage to this attempt's (numbers are summed, model and provider replaced)."""
+        with self._lock:
+            total = dict(getattr(self, "_usage", None) or {})
+        for k, v in usage.items():
+            if v is None:
+                continue
+            total[k] = total.get(k, 0) + v if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        self.report_usage(**total)
 
     def check(self):
         """Raise `Cancelled` if the job was cancelled or this worker lost its lease."""
@@ -210,6 +223,8 @@ class Worker:
             return "lease lost, outcome discarded"  # someone else holds the job now
         extra = job.take_heartbeat()
         extra.pop("progress", None)
+        if getattr(job, "_usage", None):
+            extra["usage"] = job._usage  # the attempt's final figures go with its outcome
         try:
             if error is None:
                 self.client.ack(job.id, result=result, **extra)

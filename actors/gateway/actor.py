@@ -78,7 +78,7 @@ class GatewayActor(PumpActor):
         self.core = GatewayCore(
             config.node_id, time.time_ns() & 0x7FFFFFFFFFFF, IdGenerator(), LmdbReader(config.lmdb_path),
             opsdef.Limits(payload_bytes_max=config.payload_bytes_max), config.write_timeout_ms / 1000.0,
-            durable=config.durable, mirror=config.mirror)
+            durable=config.durable, mirror=config.mirror, usage=getattr(config, "usage", True))
 
     def open_sockets(self, ctx):
         cfg = self.config
@@ -93,6 +93,7 @@ class GatewayActor(PumpActor):
                              connect=[cfg.endpoint("raft-status"), cfg.endpoint("supervisor")]),
             "admission": socket(ctx, zmq.PUSH, connect=cfg.endpoint("admission")),
             "mirror": socket(ctx, zmq.PUSH, connect=cfg.endpoint("mirror")),
+            "usage": socket(ctx, zmq.PUSH, connect=cfg.endpoint("usage")),
         }
 
     def handle(self, inbox: Inbox) -> list:
@@ -102,7 +103,7 @@ class GatewayActor(PumpActor):
                 core.on_request(frames, now)
             elif name == "in":
                 msg = codec.decode_trusted(frames[0])
-                if msg.get("k") in ("admission_status", "mirror_status"):
+                if msg.get("k") in ("admission_status", "mirror_status", "usage_status"):
                     core.on_status(msg, now)
                 else:
                     core.on_applied(msg, now)
@@ -122,6 +123,8 @@ class GatewayActor(PumpActor):
             out.append(("admission", [codec.encode({"k": "control", "items": control})]))
         for request in self.core.take_mirror():
             out.append(("mirror", [codec.encode(request)]))
+        for request in self.core.take_usage():
+            out.append(("usage", [codec.encode(request)]))
         return out
 
     def begin_stop(self) -> list:

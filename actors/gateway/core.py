@@ -36,7 +36,8 @@ from jobbie.transport.errors import InvalidArgument, JobbieError, NotFound
 GW = "gw"
 log = logging.getLogger("jobbie.gateway")
 #: How long a mirror op may take before it is answered UNAVAILABLE / timeout (seconds).
-MIRROR_TIMEOUT_S = {"search_jobs": 10.0, "bulk_status": 10.0, "bulk": 120.0, "rebuild_mirror": 600.0}
+MIRROR_TIMEOUT_S = {"search_jobs": 10.0, "bulk_status": 10.0, "bulk": 120.0, "rebuild_mirror": 600.0,
+                    "usage_summary": 10.0, "rebuild_usage": 600.0}
 #: The mirror reports every 0.5 s; after this long without a report its ops are refused at once.
 MIRROR_STALE_S = 3.0
 
@@ -57,9 +58,10 @@ class Pending:
 
 class GatewayCore:
     def __init__(self, node_id: str, incarnation: int, ids, reader, limits: opsdef.Limits = opsdef.Limits(),
-                 write_timeout_s: float = 5.0, durable: bool = False, mirror: bool = True):
+                 write_timeout_s: float = 5.0, durable: bool = False, mirror: bool = True, usage: bool = True):
         self.node_id = node_id
         self.mirror_enabled = mirror
+        self.usage_enabled = usage
         self.durable = durable
         self.incarnation = incarnation
         self.ids = ids
@@ -76,6 +78,8 @@ class GatewayCore:
         self.control_out: list = []  # [tag, op name, args] for the raft actor
         self.mirror_out: list = []  # {"k": "search", "tag", "op", "args"} for the mirror actor
         self.mirror_status: dict = {}
+        self.usage_out: list = []  # {"k": "search", "tag", "op", "args", "now"} for the usage actor
+        self.usage_status: dict = {}
         self.raft_status: dict = {}
         self.admission_status: dict = {}
         self.actors: list = []
@@ -191,6 +195,8 @@ class GatewayCore:
             self.control_out.append([tag, op.name, args])
         elif op.path == "mirror":
             self.to_mirror(ident, envelope, req_id, op.name, args, client, now)
+        elif op.path == "usage":
+            self.to_usage(ident, envelope, req_id, op.name, args, client, now)
         else:
             p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s)
             if op.name == "fetch":
@@ -219,6 +225,33 @@ class GatewayCore:
         self.pending[self.seq] = p
         heapq.heappush(self.deadlines, (p.deadline, self.seq))
         self.mirror_out.append({"k": "search", "tag": tag, "op": name, "args": args, "min_index": self.seen_index})
+
+    def to_usage(self, ident, envelope, req_id, name, args, client, now):
+        """usage_summary and rebuild_usage go to the usage actor, like mirror ops to the mirror."""
+        if not self.usage_enabled:
+            self.reply(ident, envelope, req_id, "err", {
+                "code": "UNAVAILABLE", "reason": "usage_disabled",
+                "message": f"{name} needs the usage actor, which this node runs without (--usage=false); "
+                           "ask a node that runs it"})
+            return
+        seen = self.usage_status.get("seen_at")
+        if seen is None or now - seen > MIRROR_STALE_S:
+            self.reply(ident, envelope, req_id, "err", {
+                "code": "UNAVAILABLE", "reason": "usage_unavailable", "retry_after_ms": 500,
+                "message": "the usage actor has not reported recently; it may be starting or restarting, "
+                           "retry shortly"})
+            return
+        self.seq += 1
+        tag = [GW, self.incarnation, self.seq]
+        p = Pending(ident, envelope, req_id, name, client, now + MIRROR_TIMEOUT_S.get(name, 10.0))
+        self.pending[self.seq] = p
+        heapq.heappush(self.deadlines, (p.deadline, self.seq))
+        self.usage_out.append({"k": "search", "tag": tag, "op": name, "args": args, "now": int(now * 1000),
+                               "min_index": self.seen_index})
+
+    def take_usage(self):
+        out, self.usage_out = self.usage_out, []
+        return out
 
     def submit(self, p: Pending, args: dict, now: float):
         self.seq += 1
@@ -341,6 +374,8 @@ class GatewayCore:
             self.admission_status = msg
         elif msg.get("k") == "mirror_status":
             self.mirror_status = dict(msg, seen_at=now)
+        elif msg.get("k") == "usage_status":
+            self.usage_status = dict(msg, seen_at=now)
 
     def cluster_status(self, now: float) -> dict:
         raft = self.raft_status
@@ -369,9 +404,18 @@ class GatewayCore:
             },
         }
         out["mirror"] = self.mirror_report(now)
+        out["usage"] = self.usage_report(now)
         if not fresh:
             out["warning"] = "no recent report from the raft actor (starting or restarting)"
         return out
+
+    def usage_report(self, now: float) -> dict | None:
+        u = self.usage_status
+        if not u:
+            return None
+        report = {k: v for k, v in u.items() if k not in ("k", "seen_at")}
+        report["stale"] = now - u["seen_at"] > MIRROR_STALE_S
+        return report
 
     def mirror_report(self, now: float) -> dict | None:
         m = self.mirror_status

@@ -136,7 +136,7 @@ class JobbieRaft(SyncObj):
             sockets = self._local.sockets = {}
         s = sockets.get(name)
         if s is None:
-            hwm = MIRROR_FEED_HWM if name == "mirror-feed" else 100_000
+            hwm = MIRROR_FEED_HWM if name in ("mirror-feed", "usage-feed") else 100_000
             s = sockets[name] = socket(self._ctx, zmq.PUSH, connect=self._config.endpoint(name), hwm=hwm)
         return s
 
@@ -147,20 +147,26 @@ class JobbieRaft(SyncObj):
             self._send_feed(frame)
 
     def _feed_due(self):
-        if self._config.mirror:
+        if self._config.mirror or self._config.usage:
             frame = self._feed.due(monotonic_time())
             if frame is not None:
                 self._send_feed(frame)
 
     def _send_feed(self, frame: dict):
         """Never blocks: a mirror that is away or full loses the frame, and repairs the gap from
-        LMDB by the `prev` chain."""
-        try:
-            self._socket("mirror-feed").send(codec.encode(frame), zmq.NOBLOCK)
-        except zmq.Again:
-            self._feed_dropped += 1
-            if self._feed_dropped % 1000 == 1:
-                log.warning("mirror change feed: %d frames dropped (mirror away or behind)", self._feed_dropped)
+        LMDB by the `prev` chain. The usage actor gets the same bytes (encoded once); it reads its
+        records from LMDB by sequence number, so a lost frame only delays it."""
+        data = codec.encode(frame)
+        for name, on in (("mirror-feed", self._config.mirror), ("usage-feed", self._config.usage)):
+            if not on:
+                continue
+            try:
+                self._socket(name).send(data, zmq.NOBLOCK)
+            except zmq.Again:
+                self._feed_dropped += 1
+                if self._feed_dropped % 1000 == 1:
+                    log.warning("change feed: %d frames dropped (%s away or behind)", self._feed_dropped,
+                                name.split("-")[0])
 
     def _send(self, frames):
         for dest, message in frames:
@@ -192,7 +198,7 @@ class JobbieRaft(SyncObj):
         if self._config.durable:
             self._flush_journal()
         self._send(core.route(entry, index, results, changes))
-        if self._config.mirror:
+        if self._config.mirror or self._config.usage:
             # After the results, off their path: a search after the answer waits for this
             # index at the mirror (the gateway's `min_index`), not for the order of frames.
             # Entries that changed no job (a fetch of an empty queue) are fed too, so the mirror

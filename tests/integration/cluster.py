@@ -347,7 +347,7 @@ class Cluster:
         for n in self.nodes:
             status = n.try_status() if n.alive else None
             out.append(f"== {n!r} alive={n.alive} starts={n.starts} status={_brief(status or n.last_status)}")
-            for actor in ("raft", "admission", "gateway", "lifecycle", "mirror"):
+            for actor in ("raft", "admission", "gateway", "lifecycle", "mirror", "usage"):
                 tail = n.read_log(actor).splitlines()[-lines:]
                 out.extend(f"   {actor}: {line}" for line in tail)
             out.extend(f"   supervisor: {line}" for line in n.supervisor_log().splitlines()[-lines:])

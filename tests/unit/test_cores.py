@@ -378,3 +378,32 @@ def test_gateway_without_a_mirror_refuses_search_at_once():
     request(core, 1, "search_jobs", {"queue": "q"})
     ((_, reply),) = replies(core)
     assert reply["err"]["code"] == "UNAVAILABLE" and reply["err"]["reason"] == "mirror_disabled"
+
+
+def test_gateway_routes_usage_ops_to_the_usage_actor_and_shows_its_status():
+    # Given a gateway that has heard from the usage actor
+    core = gateway()
+    core.on_status({"k": "usage_status", "applied_index": 7, "lag": 0, "rebuilds": 1}, 100.0)
+    # When a usage_summary arrives / Then it goes to the usage actor with a tag, the time and min_index
+    request(core, 1, "usage_summary", {"group_by": ["model"]}, now=100.5)
+    (sent,) = core.take_usage()
+    assert sent["op"] == "usage_summary" and sent["now"] == 100_500 and sent["args"]["group_by"] == ["model"]
+    # And its answer, on the raft results path, reaches the client
+    core.on_applied({"k": "applied", "index": None, "items": [[sent["tag"], {"ok": {"totals": {}}}]]}, 100.6)
+    ((_, reply),) = replies(core)
+    assert reply["ok"] == {"totals": {}}
+    # And cluster_status shows the usage row
+    request(core, 2, "cluster_status", now=100.7)
+    ((_, reply),) = replies(core)
+    assert reply["ok"]["usage"]["applied_index"] == 7 and reply["ok"]["usage"]["stale"] is False
+
+
+def test_gateway_without_a_usage_actor_refuses_usage_ops_at_once():
+    core = GatewayCore("n1", 42, FakeIds(), Reader(), write_timeout_s=5.0, usage=False)
+    request(core, 1, "usage_summary", {})
+    ((_, reply),) = replies(core)
+    assert reply["err"]["code"] == "UNAVAILABLE" and reply["err"]["reason"] == "usage_disabled"
+    core = gateway()  # enabled, but no report yet: the actor is starting
+    request(core, 1, "rebuild_usage", {})
+    ((_, reply),) = replies(core)
+    assert reply["err"]["reason"] == "usage_unavailable"

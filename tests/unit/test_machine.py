@@ -40,8 +40,8 @@ def err(result) -> tuple:
 def test_every_handler_has_tests_below():
     # The ops this file covers; a new handler must get tests (and be added here).
     # Given the handler table / Then it holds exactly the ops this file tests, plus the queue
-    # management and schedule ops that test_management.py covers
-    managed = {"move_job", "set_priority", "clear_queue", "drain_queue", "delete_queue", "set_concurrency",
+    # management and schedule ops that test_management.py covers and the price ops of test_usage.py
+    managed = {"set_price", "delete_price", "move_job", "set_priority", "clear_queue", "drain_queue", "delete_queue", "set_concurrency",
                "set_throttle", "remove_throttle", "create_schedule", "delete_schedule"}
     assert set(HANDLERS) - managed == {"enqueue", "enqueue_batch", "fetch", "ack", "fail", "heartbeat", "cancel_job",
                              "retry_job", "delete_job", "pause_queue", "resume_queue", "tick"}
@@ -509,8 +509,12 @@ def test_ack_completes_the_job(h):
     job = h.raw_job(jid)
     assert (job["state"], job["result"], job["checkpoint"], job["completed_at"], job["lease_expires_at"]) == \
         (COMPLETED, {"ok": 1}, {"c": 2}, T0 + 50, None)
-    assert job["usage"] == [{"input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5, "attempt": 1}]
-    assert job["usage_total"] == {"input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5}
+    (entry,) = job["usage"]
+    assert {k: entry[k] for k in ("input_tokens", "output_tokens", "cost_usd", "attempt", "cost_source", "final")} \
+        == {"input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5, "attempt": 1, "cost_source": "reported",
+            "final": True}
+    assert job["usage_total"] == {"input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 0,
+                                  "cache_write_tokens": 0, "cost_usd": 0.5, "attempts": 1, "unmetered": 0}
     assert h.keys("leases") == h.keys("pending") == h.keys("due") == []
     assert h.counts() == counts(completed=1)
 

@@ -55,6 +55,11 @@ VALID = {
     "list_schedules": {},
     "digest": {},
     "delete_schedule": {"name": "nightly"},
+    "set_price": {"model": "m", "input_usd_per_mtok": 3, "output_usd_per_mtok": 15},
+    "list_prices": {},
+    "delete_price": {"model": "m"},
+    "usage_summary": {},
+    "rebuild_usage": {},
 }
 
 BAD_QUEUE_NAMES = [
