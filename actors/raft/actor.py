@@ -47,6 +47,8 @@ MIRROR_FEED_HWM = 2000
 #: is tens of thousands of jobs; the first snapshot comes only after this many
 #: entries, never on an empty state.
 SNAPSHOT_EVERY_ENTRIES = 20_000
+#: pysyncobj's appendEntriesBatchSizeBytes (see syncobj_conf).
+APPEND_ENTRIES_BATCH_BYTES = 2 * 1024 * 1024
 
 
 def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
@@ -59,8 +61,12 @@ def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
         # (admission batches already).
         appendEntriesUseBatch=False,
         autoTickPeriod=0.05,
-        # Keep every entry below the chunking threshold (RELIABILITY.md P11).
-        appendEntriesBatchSizeBytes=16 * 1024 * 1024,
+        # pysyncobj sends an entry of this size or more alone, in chunks, and followers can
+        # drop it at a chunk boundary; below it, entries are batched up to this size per
+        # message (catch-up). A jobbie entry is at most about 1.1 MiB of msgpack (admission's
+        # entry_bytes_max, the gateway's op_bytes_max), at most 1.6 MiB once pysyncobj has
+        # pickled it: always below. A larger batch would only lengthen each tick.
+        appendEntriesBatchSizeBytes=APPEND_ENTRIES_BATCH_BYTES,
         bindAddress=config.raft_bind,
         maxBindRetries=20,
         bindRetryTime=0.25,
