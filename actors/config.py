@@ -1,8 +1,8 @@
 """A node's configuration, written once by the supervisor and read by every actor process."""
 from __future__ import annotations
 
-import hashlib
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 
 from jobbie.transport import codec
@@ -85,9 +85,15 @@ class NodeConfig:
 
 
 def pick_run_dir(data_dir: str) -> str:
-    """IPC paths must stay under ~100 bytes; fall back to /tmp for deep data dirs."""
+    """The folder of the node's IPC sockets: DATA_DIR/run, or a fresh private temporary folder.
+
+    A unix socket's path must fit in sockaddr_un's sun_path (108 bytes on Linux, and ZeroMQ
+    wants the `ipc://` endpoint under about 100), so a deep data dir cannot hold them. Then
+    the sockets go in a new folder made by mkdtemp: mode 0700, a random name, created
+    atomically, so no other user can create it first or look inside. The supervisor
+    removes it when the node stops.
+    """
     candidate = os.path.join(os.path.abspath(data_dir), "run")
     if len(candidate) + len("/admission.sock") + len("ipc://") < 100:
         return candidate
-    digest = hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:16]
-    return f"/tmp/jobbie-{digest}"
+    return tempfile.mkdtemp(prefix="jobbie-run-")

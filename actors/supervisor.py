@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket as pysocket
 import subprocess
@@ -147,11 +148,15 @@ class Supervisor:
         self.exit_code = EXIT_GAVE_UP
         self.pub = None
         self.config_path = ""
+        #: The run dir is a mkdtemp folder (deep data dir), removed when the node stops.
+        self.temporary_run_dir = False
 
     # ----------------------------------------------------------------- set-up
     def prepare(self):
         cfg = self.config
-        os.makedirs(cfg.data_dir, exist_ok=True)
+        os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+        # The data dir holds every job's payload and the raft log: the owner's only.
+        os.chmod(cfg.data_dir, 0o700)
         self.lock_file = open(os.path.join(cfg.data_dir, "LOCK"), "a+")
         try:
             fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -192,7 +197,9 @@ class Supervisor:
         with open(identity_path + ".tmp", "w") as f:
             json.dump(identity, f)
         os.replace(identity_path + ".tmp", identity_path)
-        cfg.run_dir = cfg.run_dir or pick_run_dir(cfg.data_dir)
+        if not cfg.run_dir:
+            cfg.run_dir = pick_run_dir(cfg.data_dir)
+            self.temporary_run_dir = not cfg.run_dir.startswith(os.path.abspath(cfg.data_dir) + os.sep)
         os.makedirs(cfg.run_dir, mode=0o700, exist_ok=True)
         os.chmod(cfg.run_dir, 0o700)  # the node config in it may hold the raft password
         os.makedirs(cfg.log_dir, exist_ok=True)
@@ -307,6 +314,8 @@ class Supervisor:
             self.stop_all()
             self.pub.close()
             ctx.term()
+            if self.temporary_run_dir:
+                shutil.rmtree(self.config.run_dir, ignore_errors=True)
         if reason:
             print(f"jobbie: stopping the node: {reason}", file=sys.stderr, flush=True)
             return self.exit_code
@@ -315,6 +324,9 @@ class Supervisor:
 
 
 def run_server(config: NodeConfig, bootstrap: bool = False, rejoin: bool = False) -> int:
+    # Every file and folder the node and its actors create is the owner's only (0600 / 0700):
+    # payloads, the raft log, the node config and the logs are nobody else's business.
+    os.umask(0o077)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s supervisor %(levelname)s: %(message)s")
     try:
         return Supervisor(config, bootstrap=bootstrap, rejoin=rejoin).run()

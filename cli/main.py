@@ -15,7 +15,7 @@ import sys
 import fire
 
 from . import render
-from .common import _flag, _json_arg, _run
+from .common import _fail, _flag, _json_arg, _run
 from .manage import ManageCommands
 from .search import SearchCommands
 from .usage import UsageCommands
@@ -64,7 +64,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands):
           node_id: This node's name in a cluster.
           raft_bind: host:port for raft traffic (default: a free loopback port, remembered in the data dir).
           peers: Comma-separated host:port raft addresses of the other voters (empty: a single node).
-          payload_max_bytes: Largest accepted job payload, encoded (default 1 MiB).
+          payload_max_bytes: Largest accepted job payload (and ack result), encoded (default and hard cap 1 MiB).
           inflight_max: Requests admitted (waiting or being applied) at once for the whole node; more are
             answered RESOURCE_EXHAUSTED with a retry_after_ms hint.
           inflight_per_client_max: The same limit for one client (one connection, or one `client` key).
@@ -86,6 +86,10 @@ class Cli(ManageCommands, SearchCommands, UsageCommands):
         from jobbie.actors.supervisor import run_server
 
         peer_list = [p.strip() for p in str(peers).split(",") if p.strip()] if peers else []
+        from jobbie.transport.ops import Limits
+        if not 1 <= int(payload_max_bytes) <= Limits.payload_bytes_max:
+            _fail(f"--payload-max-bytes must be between 1 and {Limits.payload_bytes_max} (1 MiB, the hard cap: "
+                  "larger values would make raft entries that stall the cluster)", 2)
         config = NodeConfig(data_dir=str(data_dir), bind=bind, node_id=str(node_id), raft_bind=str(raft_bind),
                             peers=peer_list, durable=_flag(durable), payload_bytes_max=int(payload_max_bytes),
                             inflight_max=int(inflight_max), inflight_per_client_max=int(inflight_per_client_max),

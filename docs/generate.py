@@ -199,9 +199,14 @@ DOC_FIXES = {}
 EXTRA_BOUNDS = {
     ("enqueue_batch", "jobs"): f"1 … {opsdef.Limits().batch_jobs_max} items; payloads ≤ "
                                f"{opsdef.Limits().batch_bytes_max} bytes in all",
-    ("heartbeat", "jobs"): "≤ 1000 entries; keys are job ids",
+    ("heartbeat", "jobs"): "≤ 1000 entries; keys are job ids; each entry's checkpoint and progress within "
+                           "their caps, the whole request within the write cap",
     ("enqueue", "payload"): "encoded size ≤ the payload cap",
-    ("ack", "result"): "encoded size ≤ the payload cap",
+    ("ack", "result"): "encoded size ≤ the result cap (the payload cap)",
+    ("ack", "checkpoint"): "encoded size ≤ the checkpoint cap",
+    ("ack", "trace"): "encoded size ≤ the trace cap",
+    ("ack", "hold_payload"): "encoded size ≤ the hold_payload cap",
+    ("fail", "checkpoint"): "encoded size ≤ the checkpoint cap",
     ("enqueue", "run_at"): "within 10 years of the gateway's clock",
     ("create_schedule", "cron"): "must parse and fire within 9 years",
     ("create_schedule", "timezone"): "an IANA zone name known to the node",
@@ -348,16 +353,34 @@ def op_summary() -> str:
     return "\n".join(out)
 
 
+def human_bytes(n: int) -> str:
+    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if n >= size:
+            return f"{n} bytes ({n / size:g} {unit})"
+    return f"{n} bytes"
+
+
 def limits() -> str:
     lim = opsdef.Limits()
     rows = [
         ("Request frame", f"{FRAME_BYTES_MAX} bytes (8 MiB)",
          f"larger frames up to {FRAME_CUT_BYTES} bytes (16 MiB) are answered `INVALID_ARGUMENT` / `too_large` and "
          "counted; larger still are cut by ZeroMQ (`MAXMSGSIZE`): connection reset, no reply"),
-        ("Encoded `payload` of one job (and `ack` `result`)", f"{lim.payload_bytes_max} bytes (1 MiB) by default",
-         "`jobbie server --payload-max-bytes N`"),
+        ("Encoded `payload` of one job", f"{lim.payload_bytes_max} bytes (1 MiB) by default; also the hard cap",
+         "`jobbie server --payload-max-bytes N` (1 … 1048576)"),
+        ("Encoded `result` of an `ack`", f"{lim.result_bytes_max} bytes (1 MiB): the payload cap",
+         "follows `--payload-max-bytes`"),
+        ("Encoded `checkpoint` (`ack`, `fail`, each `heartbeat` entry)", human_bytes(lim.checkpoint_bytes_max), "fixed"),
+        ("Encoded `progress` of a `heartbeat` entry", human_bytes(lim.progress_bytes_max), "fixed"),
+        ("Encoded `trace` of an `ack`", human_bytes(lim.trace_bytes_max), "fixed"),
+        ("Encoded `hold_payload` of an `ack`", human_bytes(lim.hold_payload_bytes_max), "fixed"),
+        ("Request frame of one write (any write op: the op and every value in it)", human_bytes(lim.op_bytes_max),
+         "fixed. A write is one raft op; larger ones are refused `INVALID_ARGUMENT` / `too_large` naming the "
+         "largest field (a `heartbeat` carrying many checkpoints: `jobs`; the worker library splits its "
+         "heartbeats below this)"),
         ("Jobs in one `enqueue_batch`", str(lim.batch_jobs_max), "fixed"),
-        ("Encoded payload bytes of one `enqueue_batch`", f"{lim.batch_bytes_max} bytes (4 MiB)", "fixed"),
+        ("Encoded payload bytes of one `enqueue_batch`", human_bytes(lim.batch_bytes_max),
+         "fixed; a batch is one raft op"),
         ("Entries in one `heartbeat`", "1000", "fixed"),
         ("Nesting of free values (`payload`, `result`, `checkpoint`, `progress`, ...)",
          f"{opsdef.DEPTH_MAX} levels", "fixed"),

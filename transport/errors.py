@@ -114,6 +114,8 @@ REASONS: dict[str, tuple[str, str]] = {
                           "args."),
     "membership_change_refused": ("FAILED_PRECONDITION", "pysyncobj refused a `cluster_add` / `cluster_remove` "
                                   "(another change is in progress, or the address is not a member)."),
+    "peer_unreachable": ("FAILED_PRECONDITION", "`cluster_add` of an address whose raft port does not answer: "
+                         "start the new node first (with `--peers` and `--rejoin`), then add it; nothing changed."),
     # --- load and availability
     "overloaded": ("RESOURCE_EXHAUSTED", "Admission's in-flight limit (node-wide or for this client) is reached; "
                    "`retry_after_ms` is set."),

@@ -39,17 +39,55 @@ RAFT_ADDRESS = re.compile(r"[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}\Z")
 DEPTH_MAX = 64
 
 
+KIB = 1024
+MIB = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Node-local input limits, applied at the gateway before anything is proposed."""
+    """Node-local input limits, applied at the gateway before anything is proposed.
 
-    #: Largest encoded payload of one job (protocol default 1 MiB).
-    payload_bytes_max: int = 1024 * 1024
+    Every free value a write may carry has a cap, and so has the whole write
+    (`op_bytes_max`): a write becomes one op of a raft entry, and pysyncobj
+    pickles, compresses and sends each entry to every follower on its one tick
+    thread, so an entry of several MiB stalls heartbeats past the election
+    timeout. The admission cuts entries at about the same size.
+    """
+
+    #: Largest encoded payload of one job (protocol default 1 MiB; also its hard cap).
+    payload_bytes_max: int = MIB
+    #: Largest encoded `result` of an ack (<= op_bytes_max).
+    result_bytes_max: int = MIB
+    #: Largest encoded `checkpoint` (ack, fail, or one heartbeat entry).
+    checkpoint_bytes_max: int = 256 * KIB
+    #: Largest encoded `progress` of one heartbeat entry.
+    progress_bytes_max: int = 64 * KIB
+    #: Largest encoded `trace` of an ack.
+    trace_bytes_max: int = 256 * KIB
+    #: Largest encoded `hold_payload` of an ack.
+    hold_payload_bytes_max: int = 256 * KIB
+    #: Largest request frame of one write (its op and every value in it): payload_bytes_max
+    #: plus 64 KiB for the rest. A heartbeat whose checkpoints add up to more is refused whole
+    #: (`jobs`, too_large); the worker library splits its heartbeats below this.
+    op_bytes_max: int = MIB + 64 * KIB
     #: Jobs in one enqueue_batch.
     batch_jobs_max: int = 1000
-    #: Encoded payload bytes of one enqueue_batch; keeps a raft entry well below
-    #: pysyncobj's append-entries batch size (RELIABILITY.md P11).
-    batch_bytes_max: int = 4 * 1024 * 1024
+    #: Encoded payload bytes of one enqueue_batch (<= op_bytes_max: a batch is one raft op).
+    batch_bytes_max: int = MIB
+
+
+#: Free values with a byte cap: (op, field) -> the Limits attribute. Heartbeat entries are
+#: checked per job (`jobs.ID.checkpoint`, `jobs.ID.progress`).
+VALUE_CAPS = {
+    ("enqueue", "payload"): "payload_bytes_max",
+    ("ack", "result"): "result_bytes_max",
+    ("ack", "checkpoint"): "checkpoint_bytes_max",
+    ("ack", "trace"): "trace_bytes_max",
+    ("ack", "hold_payload"): "hold_payload_bytes_max",
+    ("fail", "checkpoint"): "checkpoint_bytes_max",
+    ("heartbeat", "checkpoint"): "checkpoint_bytes_max",
+    ("heartbeat", "progress"): "progress_bytes_max",
+}
 
 
 @dataclass(frozen=True)
@@ -366,7 +404,33 @@ def validate(op_name, args, limits: Limits = Limits(), frame_bytes: int = 0, now
     extra = _EXTRA_CHECKS.get(op.name)
     if extra is not None:
         extra(clean, limits, frame_bytes, now_ms)
+    if frame_bytes > limits.op_bytes_max and op.path not in ("read", "local"):
+        _refuse_whole(op, clean, limits, frame_bytes)
     return op, clean
+
+
+def check_value_size(value, field: str, cap: int, frame_bytes: int):
+    """Refuse a free value whose encoding is over `cap` bytes (skipped when the frame is smaller)."""
+    if frame_bytes > cap:
+        size = _payload_size(value)
+        if size > cap:
+            raise InvalidArgument(f"{field} is {size} bytes encoded; the cap is {cap}", field=field,
+                                  reason="too_large")
+
+
+def _check_caps(op_name: str, args: dict, limits: Limits, frame_bytes: int, prefix: str = ""):
+    for (name, field), attr in VALUE_CAPS.items():
+        if name == op_name and field in args:
+            check_value_size(args[field], prefix + field, getattr(limits, attr), frame_bytes)
+
+
+def _refuse_whole(op: Op, args: dict, limits: Limits, frame_bytes: int):
+    """A write over op_bytes_max: refused, naming its largest argument."""
+    sizes = {name: _payload_size(value) for name, value in args.items()}
+    field = max(sizes, key=sizes.get) if sizes else "args"
+    _bad(f"the {op.name} request is {frame_bytes} bytes; one write may carry at most {limits.op_bytes_max} "
+         f"(its largest field, {field}, is {sizes.get(field, 0)} bytes); split it or send large data by reference",
+         field, "too_large")
 
 
 def _payload_size(value) -> int:
@@ -430,20 +494,13 @@ def _check_heartbeat(args, limits, frame_bytes, now_ms):
             entry = {}
         if type(entry) is not dict:
             _bad(f"jobs.{job_id} must be a map, got {_type_name(entry)}", f"jobs.{job_id}", "wrong_type")
-        clean[job_id] = validate_fields(_HEARTBEAT_JOB, entry, prefix=f"jobs.{job_id}.")
+        one = clean[job_id] = validate_fields(_HEARTBEAT_JOB, entry, prefix=f"jobs.{job_id}.")
+        _check_caps("heartbeat", one, limits, frame_bytes, prefix=f"jobs.{job_id}.")
     args["jobs"] = clean
 
 
-def _check_ack(args, limits, frame_bytes, now_ms):
-    if frame_bytes > limits.payload_bytes_max and "result" in args:
-        size = _payload_size(args["result"])
-        if size > limits.payload_bytes_max:
-            raise InvalidArgument(f"result is {size} bytes; the cap is {limits.payload_bytes_max}",
-                                  field="result", reason="too_large")
-
-
 def _check_ack_hold(args, limits, frame_bytes, now_ms):
-    _check_ack(args, limits, frame_bytes, now_ms)
+    _check_caps("ack", args, limits, frame_bytes)
     for name in ("hold_reason", "hold_payload"):
         if name in args:
             _bad(f"{name} goes with agent_status hold, which this version does not support yet", name,
@@ -455,6 +512,7 @@ _EXTRA_CHECKS = {
     "enqueue_batch": _check_enqueue_batch,
     "heartbeat": _check_heartbeat,
     "ack": _check_ack_hold,
+    "fail": lambda args, limits, frame_bytes, now_ms: _check_caps("fail", args, limits, frame_bytes),
 }
 
 

@@ -32,6 +32,7 @@ import threading
 import time
 import traceback
 
+from . import codec
 from .client import Client
 from .errors import JobbieError
 
@@ -110,6 +111,27 @@ class Job:
             entry, self._dirty = dict(self._dirty), {}
         entry["attempt"] = self.attempt
         return entry
+
+
+#: Encoded bytes of one heartbeat request at most: the server refuses a write over its op cap
+#: (1 MiB + 64 KiB by default), so the checkpoints of many jobs go in several heartbeats.
+HEARTBEAT_BYTES_MAX = 512 * 1024
+
+
+def heartbeat_parts(entries: dict, bytes_max: int = HEARTBEAT_BYTES_MAX) -> list[dict]:
+    """Split heartbeat entries into requests of at most `bytes_max` encoded bytes (an entry
+    larger than that goes alone)."""
+    parts, part, size = [], {}, 0
+    for job_id, entry in entries.items():
+        n = len(codec.encode(entry)) + len(job_id) + 8
+        if part and size + n > bytes_max:
+            parts.append(part)
+            part, size = {}, 0
+        part[job_id] = entry
+        size += n
+    if part:
+        parts.append(part)
+    return parts
 
 
 class Worker:
@@ -256,11 +278,12 @@ class Worker:
             jobs = {job_id: job for job_id, job in self.in_flight.items() if not job.lost}
         if not jobs:
             return
-        try:
-            answers = self.client.heartbeat(self.worker_id, {j: job.take_heartbeat() for j, job in jobs.items()})
-        except JobbieError as exc:
-            log.warning("heartbeat failed: %s", exc)
-            return
+        answers = {}
+        for part in heartbeat_parts({j: job.take_heartbeat() for j, job in jobs.items()}):
+            try:
+                answers.update(self.client.heartbeat(self.worker_id, part))
+            except JobbieError as exc:
+                log.warning("heartbeat failed: %s", exc)
         for job_id, answer in answers.items():
             job = jobs.get(job_id)
             if job is None:

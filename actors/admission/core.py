@@ -35,8 +35,13 @@ class AdmissionLimits:
     entries_in_flight_max: int = 1
     #: Ops in one raft entry.
     entry_ops_max: int = 2000
-    #: Encoded bytes in one raft entry (well below pysyncobj's append-entries batch).
-    entry_bytes_max: int = 2 * 1024 * 1024
+    #: Encoded bytes in one raft entry: one op may be larger (the gateway caps a write at
+    #: about 1 MiB) and then goes alone. pysyncobj pickles, compresses and sends an entry to
+    #: each follower on its tick thread (about 150 ms per MiB of incompressible data on this
+    #: kind of machine), so bigger entries stall its heartbeats past the election timeout.
+    #: Well below the raft actor's appendEntriesBatchSizeBytes (2 MiB), which a single
+    #: entry must never reach (pysyncobj then sends it in chunks that followers can drop).
+    entry_bytes_max: int = 1024 * 1024
     #: Forget an entry raft has not answered for after this long (a backstop:
     #: a restarted raft actor says hello, which frees its entries at once).
     entry_timeout_s: float = 3.0

@@ -77,8 +77,9 @@ class GatewayActor(PumpActor):
         self.config = config
         self.core = GatewayCore(
             config.node_id, time.time_ns() & 0x7FFFFFFFFFFF, IdGenerator(), LmdbReader(config.lmdb_path),
-            opsdef.Limits(payload_bytes_max=config.payload_bytes_max), config.write_timeout_ms / 1000.0,
-            durable=config.durable, mirror=config.mirror, usage=getattr(config, "usage", True))
+            opsdef.Limits(payload_bytes_max=config.payload_bytes_max, result_bytes_max=config.payload_bytes_max),
+            config.write_timeout_ms / 1000.0, durable=config.durable, mirror=config.mirror,
+            usage=config.usage)
 
     def open_sockets(self, ctx):
         cfg = self.config

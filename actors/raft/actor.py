@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket as pysocket
 import threading
 import time
 
@@ -47,6 +48,8 @@ MIRROR_FEED_HWM = 2000
 #: is tens of thousands of jobs; the first snapshot comes only after this many
 #: entries, never on an empty state.
 SNAPSHOT_EVERY_ENTRIES = 20_000
+#: pysyncobj's appendEntriesBatchSizeBytes (see syncobj_conf).
+APPEND_ENTRIES_BATCH_BYTES = 2 * 1024 * 1024
 
 
 def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
@@ -59,8 +62,12 @@ def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
         # (admission batches already).
         appendEntriesUseBatch=False,
         autoTickPeriod=0.05,
-        # Keep every entry below the chunking threshold (RELIABILITY.md P11).
-        appendEntriesBatchSizeBytes=16 * 1024 * 1024,
+        # pysyncobj sends an entry of this size or more alone, in chunks, and followers can
+        # drop it at a chunk boundary; below it, entries are batched up to this size per
+        # message (catch-up). A jobbie entry is at most about 1.1 MiB of msgpack (admission's
+        # entry_bytes_max, the gateway's op_bytes_max), at most 1.6 MiB once pysyncobj has
+        # pickled it: always below. A larger batch would only lengthen each tick.
+        appendEntriesBatchSizeBytes=APPEND_ENTRIES_BATCH_BYTES,
         bindAddress=config.raft_bind,
         maxBindRetries=20,
         bindRetryTime=0.25,
@@ -303,6 +310,14 @@ class RaftActor(PumpActor):
                 raft._send([(core.origin_socket(tag[0]), {"k": "applied", "index": None,
                                                           "items": [[tag, answer]], "woken": {}})])
             if op == "cluster_add":
+                problem = peer_problem(args["address"])
+                if problem:
+                    raft._send([(core.origin_socket(tag[0]), {"k": "applied", "index": None, "woken": {}, "items": [[tag, {
+                        "err": {"code": "FAILED_PRECONDITION", "reason": "peer_unreachable",
+                                "message": f"cluster_add refused: nothing answers on {args['address']} ({problem}); "
+                                           "start the new node first (with --peers and --rejoin), then add it. "
+                                           "A voter that never answers would take the majority away"}}]]})])
+                    continue
                 raft.addNodeToCluster(args["address"], callback=on_done)
             elif op == "cluster_remove":
                 if args["address"] == self.config.raft_bind:
@@ -324,6 +339,25 @@ class RaftActor(PumpActor):
             raft._send(core.failed(tags, entry_id, FAIL_NAMES.get(error, str(error))))
 
         raft.apply_entry(data, callback=on_done)
+
+
+#: How long cluster_add waits for the new peer's raft port to accept a connection.
+PEER_CHECK_TIMEOUT_S = 1.0
+
+
+def peer_problem(address: str) -> str | None:
+    """Why the raft port at `address` cannot be reached (None: it accepts connections).
+
+    A voter is counted in the majority from the moment it is added: adding one that never
+    answers takes the majority away from a small cluster (a single node then has no leader
+    and cannot even undo the change), so cluster_add checks first.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        with pysocket.create_connection((host, int(port)), timeout=PEER_CHECK_TIMEOUT_S):
+            return None
+    except (OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
 
 
 def _file_id(lmdb_path: str) -> str:

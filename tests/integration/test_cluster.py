@@ -598,13 +598,24 @@ def test_a_voter_is_added_and_removed_at_runtime_without_stopping_the_others(mak
     cluster.start()
     client = cluster.client()
     before = [client.enqueue("members", i) for i in range(20)]
-    # Given a fourth node, announced to the cluster before it starts (pysyncobj's rule)
+    # Given a fourth node, started first (cluster_add checks that its raft port answers)
+    import socket
+
     port = free_port()
     n4 = ClusterNode(os.path.join(os.path.dirname(cluster.nodes[0].data_dir), "n4"), "n4", port,
                      [int(n.raft_addr.rsplit(":", 1)[1]) for n in cluster.nodes])
     cluster.nodes.append(n4)  # stopped with the others at teardown
-    assert client.call("cluster_add", address=n4.raft_addr) == {}
     n4.start(rejoin=True)
+
+    def raft_port_open():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(raft_port_open, 30, interval=0.1, message="n4's raft port")
+    assert client.call("cluster_add", address=n4.raft_addr) == {}
     n4.wait_up(60, need_leader=True)
     # Then it catches up, the others keep serving, and every replica is identical
     after = [client.enqueue("members", i) for i in range(20)]

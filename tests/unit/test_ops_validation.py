@@ -375,7 +375,7 @@ def test_payload_over_the_cap_is_too_large():
 
 def test_payload_cap_applies_to_each_batch_job_and_to_ack_result():
     # Given a 100-byte cap / When a batch job or an ack result is over it / Then too_large on it
-    limits = Limits(payload_bytes_max=100)
+    limits = Limits(payload_bytes_max=100, result_bytes_max=100)
     with pytest.raises(InvalidArgument) as info:
         validate("enqueue_batch", {"jobs": [{"queue": "q", "payload": 1}, {"queue": "q", "payload": "x" * 200}]},
                  limits, frame_bytes=10_000)
@@ -515,3 +515,69 @@ def test_check_depth_is_iterative_for_very_deep_values():
     with pytest.raises(InvalidArgument) as info:
         validate("enqueue", {"queue": "q", "payload": deep})
     assert (info.value.field, info.value.reason) == ("payload", "too_deep")
+
+
+# ------------------------------------------------------------ caps on free values
+@pytest.mark.parametrize("op,args,field", [
+    ("ack", {"job_id": "j", "checkpoint": "x" * 300}, "checkpoint"),
+    ("ack", {"job_id": "j", "trace": "x" * 300}, "trace"),
+    ("ack", {"job_id": "j", "result": "x" * 300}, "result"),
+    ("fail", {"job_id": "j", "checkpoint": "x" * 300}, "checkpoint"),
+    ("heartbeat", {"worker_id": "w", "jobs": {"j1": {"checkpoint": "x" * 300}}}, "jobs.j1.checkpoint"),
+    ("heartbeat", {"worker_id": "w", "jobs": {"j1": {"progress": "x" * 300}}}, "jobs.j1.progress"),
+])
+def test_every_free_value_has_a_byte_cap(op, args, field):
+    # Given caps of 200 bytes on every free value
+    limits = Limits(result_bytes_max=200, checkpoint_bytes_max=200, progress_bytes_max=200, trace_bytes_max=200,
+                    hold_payload_bytes_max=200)
+    # When a value over its cap arrives / Then it is refused on that field, and the value at the cap is fine
+    with pytest.raises(InvalidArgument) as info:
+        validate(op, args, limits, frame_bytes=10_000)
+    assert (info.value.field, info.value.reason) == (field, "too_large")
+    smaller = {k: ("x" * 150 if k == field else v) for k, v in args.items()}
+    if op == "heartbeat":
+        smaller["jobs"] = {"j1": {k: "x" * 150 for k in args["jobs"]["j1"]}}
+    assert validate(op, smaller, limits, frame_bytes=10_000)
+
+
+def test_hold_payload_has_a_byte_cap_before_anything_else_is_said_about_it():
+    limits = Limits(hold_payload_bytes_max=200)
+    with pytest.raises(InvalidArgument) as info:
+        validate("ack", {"job_id": "j", "hold_payload": "x" * 300}, limits, frame_bytes=10_000)
+    assert (info.value.field, info.value.reason) == ("hold_payload", "too_large")
+
+
+def test_a_write_over_the_op_cap_is_refused_naming_its_largest_field():
+    # Given a heartbeat whose checkpoints are each within their cap but add up to more than one write may carry
+    limits = Limits()
+    jobs = {f"j{i}": {"checkpoint": b"x" * (limits.checkpoint_bytes_max - 100)} for i in range(8)}
+    # When it is validated with its frame size / Then it is refused whole, on `jobs`
+    with pytest.raises(InvalidArgument) as info:
+        validate("heartbeat", {"worker_id": "w", "jobs": jobs}, limits, frame_bytes=8 * limits.checkpoint_bytes_max)
+    assert (info.value.field, info.value.reason) == ("jobs", "too_large")
+    # And reads are not bound by it (nothing of theirs reaches the raft log)
+    assert validate("list_queues", {}, limits, frame_bytes=2 * limits.op_bytes_max)
+
+
+def test_limits_keep_one_write_below_the_raft_entry_budget():
+    from jobbie.actors.admission.core import AdmissionLimits
+    from jobbie.actors.raft.actor import APPEND_ENTRIES_BATCH_BYTES
+
+    lim = Limits()
+    # Every single capped value fits in one write, a batch is one write,
+    assert max(lim.payload_bytes_max, lim.result_bytes_max, lim.batch_bytes_max, lim.checkpoint_bytes_max) < lim.op_bytes_max
+    # and the largest write, even inflated 1.5x by pysyncobj's pickling, stays below the size at
+    # which pysyncobj would chunk it; admission's budget is well below that.
+    assert lim.op_bytes_max * 1.5 + 4096 < APPEND_ENTRIES_BATCH_BYTES
+    assert AdmissionLimits().entry_bytes_max * 2 <= APPEND_ENTRIES_BATCH_BYTES
+
+
+def test_worker_splits_heartbeats_below_the_op_cap():
+    from jobbie.transport.worker import HEARTBEAT_BYTES_MAX, heartbeat_parts
+
+    entries = {f"j{i}": {"attempt": 1, "checkpoint": b"x" * 200_000} for i in range(10)}
+    parts = heartbeat_parts(entries)
+    assert sorted(j for p in parts for j in p) == sorted(entries)
+    assert all(sum(200_020 for _ in p) <= HEARTBEAT_BYTES_MAX or len(p) == 1 for p in parts)
+    assert HEARTBEAT_BYTES_MAX < Limits().op_bytes_max
+    assert heartbeat_parts({"a": {"attempt": 1}, "b": {"attempt": 1}}) == [{"a": {"attempt": 1}, "b": {"attempt": 1}}]
