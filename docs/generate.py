@@ -114,7 +114,7 @@ OK_FIELD_DOCS = {
     ("create_schedule", "cron"): "The cron expression, as given.",
     ("create_schedule", "timezone"): "The IANA zone the expression is read in.",
     ("create_schedule", "payload"): "Payload of each job it makes.",
-    # usage and prices (docs/ai-usage.md)
+    # usage and prices (docs/ai.md)
     ("usage_summary", "since"): "Window start actually used (floored to the hour).",
     ("usage_summary", "until"): "Window end actually used (rounded up to the hour; exclusive).",
     ("usage_summary", "group_by"): "The dimensions, as asked.",

@@ -1,6 +1,6 @@
 """Usage accounting: what each attempt of a job used and cost, and the price table.
 
-It owns these rules (see docs/ai-usage.md):
+It owns these rules (see docs/ai.md):
 
 - One entry per metered attempt. A report (ack, fail, heartbeat) replaces the
   entry of the job's current attempt: heartbeat figures are cumulative for the

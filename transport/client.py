@@ -259,7 +259,7 @@ class Client:
     def status(self) -> dict:
         return self.call("cluster_status")
 
-    # ------------------------------------------------- usage and prices (docs/ai-usage.md)
+    # ------------------------------------------------- usage and prices (docs/ai.md)
     def set_price(self, model: str, input_usd_per_mtok: float, output_usd_per_mtok: float,
                   provider: str | None = None, **options) -> dict:
         return self.call("set_price", model=model, input_usd_per_mtok=input_usd_per_mtok,

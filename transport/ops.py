@@ -125,7 +125,7 @@ JOB_ID = Arg("job_id", "id", "The job's id.", required=True)
 
 USAGE = Arg("usage", "struct", "Token usage and cost of this attempt so far (cumulative: a later report of the "
             "same attempt replaces it). With tokens and a model the price table knows, the server computes "
-            "the cost itself (docs/ai-usage.md).", fields=(
+            "the cost itself (docs/ai.md).", fields=(
     Arg("input_tokens", "int", "Prompt tokens, not counting cache reads and writes.", low=0, high=INT64_MAX),
     Arg("output_tokens", "int", "Completion tokens.", low=0, high=INT64_MAX),
     Arg("cache_read_tokens", "int", "Prompt tokens read from the provider's cache.", low=0, high=INT64_MAX),
