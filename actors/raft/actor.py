@@ -172,8 +172,9 @@ class JobbieRaft(SyncObj):
             except zmq.Again:
                 self._feed_dropped += 1
                 if self._feed_dropped % 1000 == 1:
-                    log.warning("change feed: %d frames dropped (%s away or behind)", self._feed_dropped,
-                                name.split("-")[0])
+                    which = name.split("-")[0]
+                    log.warning("%s change feed: %d frames dropped (%s away or behind)", which, self._feed_dropped,
+                                which)
 
     def _send(self, frames):
         for dest, message in frames:
