@@ -2,7 +2,7 @@
 
 One environment per node, written only by the raft actor's state machine and
 opened read-only by the other actors for point reads. Flags follow
-RELIABILITY.md c2: no fsync (the raft journal is what survives), `writemap`
+what py-lmdb documents and we measured: no fsync (the raft journal is what survives), `writemap`
 off so a full disk is an error rather than SIGBUS, the 0.9 on-disk engine
 named explicitly, and a large sparse map so `MapFullError` is not a surprise.
 """

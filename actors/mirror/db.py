@@ -1,6 +1,6 @@
 """The mirror's SQLite files: schema, batched upserts, time-boxed searches, rebuild files.
 
-`DATA_DIR/mirror.sqlite` is derived data (RELIABILITY.md c4 item 11): WAL,
+`DATA_DIR/mirror.sqlite` is derived data (rebuilt from LMDB at will): WAL,
 `synchronous=OFF`, never read by the state machine, rebuilt from LMDB
 whenever it is lost, damaged or asked for. It holds
 - `jobs`: one row per job (rows.py), keyed by id (WITHOUT ROWID: one

@@ -73,7 +73,8 @@ def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
         bindRetryTime=0.25,
         # Answer "no leader" at once (UNAVAILABLE) instead of queueing forever.
         commandsWaitLeader=False,
-        # An isolated leader steps down within seconds (RELIABILITY.md P15).
+        # An isolated leader steps down within seconds: pysyncobj's default (30 s) lets a minority
+        # leader call itself leader for that long.
         leaderFallbackTimeout=5.0,
         # A single node elects itself after one short timeout; a cluster on a
         # busy 2-core box needs more slack than pysyncobj's 0.4-1.4 s defaults.

@@ -1,6 +1,6 @@
 """Start-up checks of the raft journal, and jobbie's snapshots of LMDB.
 
-pysyncobj trusts its journal's bytes (RELIABILITY.md P3): a torn tail loads
+pysyncobj trusts its journal's bytes (no checksum, no length check): a torn tail loads
 as garbage and wedges the apply loop. So before pysyncobj opens the journal,
 `scan_journal` walks every record (length fields, consecutive indices,
 terms, and a command that unpickles) and `cut_journal` cuts the file back

@@ -1,8 +1,8 @@
 """Log compaction for pysyncobj with jobbie's own snapshot of LMDB.
 
 pysyncobj calls `serialize` on its tick thread when the journal is long
-enough. Copying a large LMDB there would stall elections (RELIABILITY.md
-P8), so `serialize` only opens a read transaction — on the tick thread,
+enough. Copying a large LMDB there would stall elections (everything of
+pysyncobj runs on that one thread), so `serialize` only opens a read transaction — on the tick thread,
 right after the last apply, so it sees LMDB at exactly the applied index —
 and a thread copies from it into a private file. Until that thread is done,
 `state` answers SERIALIZING; then the file is renamed over pysyncobj's
@@ -14,7 +14,7 @@ never create it.)
 on this node. If the snapshot is ahead of local LMDB, it replaces LMDB:
 unpack beside it, close, swap directories by rename, reopen. Any failure
 there exits the process (pysyncobj would swallow the error and acknowledge
-the install, RELIABILITY.md P9); the supervisor restarts it.
+the install); the supervisor restarts it.
 """
 from __future__ import annotations
 

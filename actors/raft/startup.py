@@ -1,6 +1,6 @@
 """Before pysyncobj opens anything: make the journal, the snapshot and LMDB agree.
 
-The rules (DESIGN.md §4, RELIABILITY.md c4 step 9):
+The rules (startup must never replay the log on top of a stale or ahead-of-log LMDB):
 - a torn journal tail is cut back to the last sound record, never loaded;
 - LMDB that is ahead of the log (its applied index is past the journal's
   end and the snapshot's index) cannot be trusted: it is set aside and the
@@ -8,7 +8,7 @@ The rules (DESIGN.md §4, RELIABILITY.md c4 step 9):
 - in --durable mode, an LMDB that was not closed cleanly is set aside too
   (it is never fsynced, so after a power loss it may be torn);
 - a snapshot the journal does not line up with (pysyncobj would clear the
-  journal on loading it, losing acknowledged entries, RELIABILITY.md P4) is
+  journal on loading it, losing acknowledged entries) is
   dealt with here: dropped when journal + LMDB cover everything without it,
   otherwise the journal is compacted to start where the snapshot ends;
 - LMDB older than the journal's first entry with no usable snapshot cannot

@@ -1,4 +1,4 @@
-"""Bad input against a live node, over raw ZeroMQ sockets (RELIABILITY.md (d), PROTOCOL.md "Envelope").
+"""Bad input against a live node, over raw ZeroMQ sockets (the bad-input table of docs/protocol.md).
 
 Every case sends raw bytes on a fresh DEALER socket and expects exactly one
 `{"id": <id or -1>, "err": {"code": "INVALID_ARGUMENT", ...}}` naming the field
