@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgpack
 
-#: Request frames up to this are read and answered as requests (PROTOCOL.md).
+#: Request frames up to this are always read and answered as requests (protocol v1 promises 8 MiB).
 FRAME_BYTES_MAX = 8 * 1024 * 1024
 #: The gateway's ZMQ_MAXMSGSIZE: frames above FRAME_BYTES_MAX and up to this are read only to be
 #: refused (INVALID_ARGUMENT too_large, counted); larger ones are cut by ZeroMQ, which resets the

@@ -164,8 +164,8 @@ ENQUEUE_ARGS = (
     Arg("unique_key", "str", "At most one live job per (queue, key); a duplicate returns the existing job.", length_max=256),
     Arg("unique_period_ms", "int", "Keep the unique key for this long (default: until the job finishes).", low=1, high=YEAR_MS),
     Arg("tags", "str_map", "String map, at most 32 entries, keys ≤ 64 and values ≤ 256 chars."),
-    Arg("hold", "bool", "Enqueue in state `held`: not handed out; approve/reject ops come with the AI issue, "
-        "until then it leaves `held` by cancel_job, delete_job or its TTL.", default=False),
+    Arg("hold", "bool", "Enqueue in state `held`: not handed out; this version has no approve/reject ops yet: "
+        "it leaves `held` by cancel_job, delete_job or its TTL.", default=False),
     Arg("hold_reason", "str", "Why the job is held.", length_max=4096),
     AGENT,
 )
