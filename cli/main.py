@@ -171,6 +171,20 @@ class Cli(ManageCommands, SearchCommands, UsageCommands):
         return _run(server, output, "cluster_status", {}, render.status)
 
 
+def command_of(argv: list[str]):
+    """(the method the leading words of `argv` name, how many words that took), or (None, 0)."""
+    target, depth = Cli, 0
+    while depth < len(argv) and not argv[depth].startswith("-"):
+        attr = getattr(target, argv[depth].replace("-", "_"), None)
+        if attr is None:
+            return None, 0
+        depth += 1
+        if inspect.isfunction(attr):
+            return attr, depth
+        target = type(attr)
+    return None, 0
+
+
 def protect_strings(argv: list[str]) -> list[str]:
     """Quote the values of str parameters so fire passes them through untouched.
 
@@ -179,17 +193,8 @@ def protect_strings(argv: list[str]) -> list[str]:
     value is handed over as a Python string literal instead; our code parses
     JSON itself.
     """
-    target, depth = Cli, 0
-    while depth < len(argv) and not argv[depth].startswith("-"):
-        attr = getattr(target, argv[depth].replace("-", "_"), None)
-        if attr is None:
-            return argv
-        depth += 1
-        if inspect.isfunction(attr):
-            target = attr
-            break
-        target = type(attr)
-    if not inspect.isfunction(target):
+    target, depth = command_of(argv)
+    if target is None:
         return argv
     params = inspect.signature(target).parameters
     names = [n for n in params if n != "self"]
@@ -236,18 +241,9 @@ def check_flags(argv: list[str]):
     """Refuse, before anything runs, a flag the command does not take (with "did you mean") or one
     positional argument too many: fire would run the command first and complain afterwards, so a
     typo in `jobbie delete JOB --forse` used to delete the job and then fail."""
-    target, depth = Cli, 0
-    while depth < len(argv) and not argv[depth].startswith("-"):
-        attr = getattr(target, argv[depth].replace("-", "_"), None)
-        if attr is None:
-            return  # fire reports an unknown command itself, before running anything
-        depth += 1
-        if inspect.isfunction(attr):
-            target = attr
-            break
-        target = type(attr)
-    if not inspect.isfunction(target):
-        return
+    target, depth = command_of(argv)
+    if target is None:
+        return  # a group, or an unknown command: fire reports it itself, before running anything
     params = inspect.signature(target).parameters
     names = [n for n in params if n != "self"]
     command = " ".join(argv[:depth])

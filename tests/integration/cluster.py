@@ -26,6 +26,7 @@ import sys
 import time
 
 import lmdb
+import pytest
 
 from jobbie.actors.config import NodeConfig
 from jobbie.storage.env import Store
@@ -580,3 +581,25 @@ def journal_entry_bytes(command: bytes) -> bytes:
     import pysyncobj.pickle as ps_pickle
 
     return ps_pickle.loads(command[1:])[1][0]
+
+
+# --------------------------------------------------------------------- fixture
+@pytest.fixture
+def make_cluster(tmp_path, request):
+    """Clusters made by a test; stopped at teardown, with their logs shown if the test failed."""
+    clusters: list[Cluster] = []
+    failed_before = request.session.testsfailed
+
+    def make(**kwargs) -> Cluster:
+        c = Cluster(tmp_path / f"c{len(clusters)}", **kwargs)
+        clusters.append(c)
+        return c
+
+    yield make
+    if request.session.testsfailed > failed_before:
+        for c in clusters:  # the node statuses and log tails, shown with the failure
+            print(c.describe())
+    for c in clusters:
+        c.stop()
+    left = {n.node_id: n.leftovers() for c in clusters for n in c.nodes}
+    assert not any(left.values()), f"processes left behind: {left}"

@@ -41,7 +41,7 @@ from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
 from jobbie.transport.worker import Worker
 
-from .cluster import Cluster, running
+from .cluster import Cluster, make_cluster, running  # noqa: F401 (make_cluster is a fixture)
 from .conftest import wait_for
 from .helpers import get_jobs
 
@@ -52,26 +52,6 @@ ACTORS = ("raft", "admission", "gateway", "lifecycle", "mirror")
 LEASE_MS = 3000
 #: Time after a lease's end within which the lifecycle must have reclaimed the job.
 LEASE_GRACE_MS = 5000
-
-
-@pytest.fixture
-def make_cluster(tmp_path, request):
-    clusters: list[Cluster] = []
-    failed_before = request.session.testsfailed
-
-    def make(**kwargs) -> Cluster:
-        c = Cluster(tmp_path / f"c{len(clusters)}", **kwargs)
-        clusters.append(c)
-        return c
-
-    yield make
-    if request.session.testsfailed > failed_before:
-        for c in clusters:
-            print(c.describe())
-    for c in clusters:
-        c.stop()
-    left = {n.node_id: n.leftovers() for c in clusters for n in c.nodes}
-    assert not any(left.values()), f"processes left behind: {left}"
 
 
 # ------------------------------------------------------------------ load

@@ -20,34 +20,13 @@ from jobbie.actors.raft import recovery
 from jobbie.transport.client import Client
 
 from .cluster import (Cluster, copy_lmdb, digest, journal_end, journal_job_ids, journal_records,
-                      replay_digest, set_journal_end)
+                      make_cluster, replay_digest, set_journal_end)  # noqa: F401 (make_cluster is a fixture)
 from .helpers import Enqueuer, get_jobs, queue_row, total_jobs, wait_for
 
 LEASE_MS = 1000
 #: How far past its lease an active job may be seen before that counts as a leak.
 LEASE_GRACE_S = 2.0
 FAILOVER_LIMIT_S = 5.0
-
-
-# ------------------------------------------------------------------ fixtures
-@pytest.fixture
-def make_cluster(tmp_path, request):
-    clusters: list[Cluster] = []
-    failed_before = request.session.testsfailed
-
-    def make(**kwargs) -> Cluster:
-        c = Cluster(tmp_path / f"c{len(clusters)}", **kwargs)
-        clusters.append(c)
-        return c
-
-    yield make
-    if request.session.testsfailed > failed_before:
-        for c in clusters:  # the node statuses and log tails, shown with the failure
-            print(c.describe())
-    for c in clusters:
-        c.stop()
-    left = {n.node_id: n.leftovers() for c in clusters for n in c.nodes}
-    assert not any(left.values()), f"processes left behind: {left}"
 
 
 # ------------------------------------------------------------------- helpers
