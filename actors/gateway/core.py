@@ -219,12 +219,7 @@ class GatewayCore:
                 "message": "the mirror actor (search and bulk) has not reported recently; it may be starting "
                            "or restarting, retry shortly"})
             return
-        self.seq += 1
-        tag = [GW, self.incarnation, self.seq]
-        p = Pending(ident, envelope, req_id, name, client, now + MIRROR_TIMEOUT_S.get(name, 10.0))
-        self.pending[self.seq] = p
-        heapq.heappush(self.deadlines, (p.deadline, self.seq))
-        self.mirror_out.append({"k": "search", "tag": tag, "op": name, "args": args, "min_index": self.seen_index})
+        self.mirror_out.append(self.pending_view_request(ident, envelope, req_id, name, args, client, now))
 
     def to_usage(self, ident, envelope, req_id, name, args, client, now):
         """usage_summary and rebuild_usage go to the usage actor, like mirror ops to the mirror."""
@@ -241,13 +236,17 @@ class GatewayCore:
                 "message": "the usage actor has not reported recently; it may be starting or restarting, "
                            "retry shortly"})
             return
+        request = self.pending_view_request(ident, envelope, req_id, name, args, client, now)
+        self.usage_out.append(dict(request, now=int(now * 1000)))
+
+    def pending_view_request(self, ident, envelope, req_id, name, args, client, now) -> dict:
+        """Track a request answered by the mirror or usage actor; returns the frame to send it."""
         self.seq += 1
-        tag = [GW, self.incarnation, self.seq]
         p = Pending(ident, envelope, req_id, name, client, now + MIRROR_TIMEOUT_S.get(name, 10.0))
         self.pending[self.seq] = p
         heapq.heappush(self.deadlines, (p.deadline, self.seq))
-        self.usage_out.append({"k": "search", "tag": tag, "op": name, "args": args, "now": int(now * 1000),
-                               "min_index": self.seen_index})
+        return {"k": "search", "tag": [GW, self.incarnation, self.seq], "op": name, "args": args,
+                "min_index": self.seen_index}
 
     def take_usage(self):
         out, self.usage_out = self.usage_out, []
