@@ -38,6 +38,50 @@ END = "<!-- /generated:{} -->"
 # OPS names the `ok` fields but does not describe them; these descriptions live
 # here, next to the generator, keyed by (op, field) first and then by field.
 OK_FIELD_DOCS = {
+    # budgets (set_budget answers the record as get_budget shows it, plus `replaced`)
+    "id": "The budget's id.",
+    "scope": "`global`, `namespace`, `queue` or `tag`.",
+    "target": "The namespace, queue or `key=value` tag (empty for global).",
+    "window": "`total`, `day`, `month` or `hours`.",
+    "hours": "Length of a rolling window (window `hours`), else nil.",
+    "on_exceed": "`hold`, `reject` or `alert`.",
+    "alert_queue": "Queue that gets a job when the budget is first spent in a window, or nil.",
+    "hold_timeout_ms": "Hold time-out of the jobs it holds, or nil.",
+    "timeout_action": "`approve` or `reject` after that time-out, or nil.",
+    "note": "The note given with set_budget, or nil.",
+    "limit_usd": "USD limit per window, or nil.",
+    "limit_tokens": "Token limit per window, or nil.",
+    "spent_usd": "USD spent in the current window.",
+    "spent_tokens": "Tokens spent in the current window.",
+    "reserved_usd": "USD reserved by running jobs (their estimates, less what they already spent).",
+    "running": "Running jobs holding a reservation on this budget.",
+    "remaining_usd": "limit - spent - reserved (never below 0), or nil without a USD limit.",
+    "remaining_tokens": "limit - spent tokens (never below 0), or nil without a token limit.",
+    "exceeded": "`true` when the current window's spend reached a limit.",
+    "window_start": "Start of the current window (ms; 0 for total).",
+    "reset_at": "When the current window's spend stops counting (ms), or nil for total.",
+    "held": "Jobs this budget holds now.",
+    "avg_attempt_usd": "Recent cost of one attempt of its jobs (the default reservation), or nil before any.",
+    "created_at": "When created (ms).",
+    "updated_at": "When last changed (ms).",
+    ("set_budget", "replaced"): "`true` when a budget of that id existed.",
+    ("get_budget", "budget"): "The budget: the fields set_budget answers (without `replaced`).",
+    ("list_budgets", "budgets"): "Budgets by id, each as get_budget's `budget`.",
+    ("delete_budget", "held"): "Jobs the budget held; they stay held.",
+    "affected": "Jobs approved / rejected.",
+    ("approve_job", "errors"): "Per refused job: `{job_id, code, reason, message}` (job_ids only; with job_id a "
+                               "refusal is the answer).",
+    ("reject_job", "errors"): "Per refused job: `{job_id, code, reason, message}` (job_ids only).",
+    ("approve_job", "state"): "With job_id: `pending`.",
+    ("reject_job", "state"): "With job_id: `cancelled`.",
+    ("list_held", "jobs"): "`{job_id, queue, hold_reason, held_at, hold_until, timeout_action, cost_usd, attempt, "
+                           "tags, has_checkpoint}` per held job.",
+    ("list_held", "has_more"): "`true` when more held jobs match than `limit`.",
+    ("list_held", "cursor"): "Pass as `after` for the next page (with queue or budget_id), or nil.",
+    ("list_audit", "events"): "`{seq, at, kind, op, who, job_id, budget_id, queue, reason, event, to_state, note, "
+                              "details}` per event (absent fields left out), newest first.",
+    ("list_audit", "cursor"): "Pass as `before` for the next (older) page, or nil.",
+    ("list_audit", "has_more"): "`true` when older events match.",
     ("enqueue", "job_id"): "Id of the new job, or of the live job that already holds the unique key.",
     ("enqueue", "state"): "State of that job now (`pending`, `scheduled`, `held`, or the existing job's state).",
     ("enqueue", "unique_existing"): "`true` when no job was created because the unique key is taken.",
@@ -45,13 +89,15 @@ OK_FIELD_DOCS = {
     ("enqueue_batch", "batch_id"): "`bat_...` id of the batch, or nil when `batch` was not given.",
     ("fetch", "jobs"): "Leased jobs, best first: maps `{job_id, queue, payload, attempt, max_retries, lease_ms, "
                        "checkpoint, tags, agent}`. Empty list when nothing was found within `wait_ms`.",
-    ("ack", "state"): "`completed`.",
+    ("ack", "state"): "`completed`, or `held` with agent_status `hold`.",
     ("fail", "state"): "`retrying` (attempts left; with backoff 0 it is promoted to `pending` by the next lifecycle tick), `dead`, or `cancelled` (cancel was requested).",
     ("fail", "next_attempt_at"): "When the job may run again (ms since epoch); nil when `dead` or `cancelled`.",
     ("fail", "attempts_remaining"): "Attempts left after this one (0 when `dead` or `cancelled`).",
     ("heartbeat", "jobs"): "job_id → `{status, budget_exceeded}`; `status` is `ok` (lease extended), `cancel` "
                            "(cancel requested; lease not extended) or `lost` (not yours any more). "
-                           "`budget_exceeded` is always `false` in this version.",
+                           "`budget_exceeded` is `true` once a budget of the job (a `hold` or `reject` layer, or its "
+                           "own cap) is spent: save a checkpoint and fail the attempt; the job then goes `held` "
+                           "(docs/ai.md, pause not kill).",
     ("get_job", "job"): "**Not wrapped**: the `ok` map *is* the job record (see \"The job record\").",
     ("cancel_job", "state"): "`cancelled`, or `active` when the job is running (it is told on its next heartbeat).",
     ("cancel_job", "cancel_requested"): "`true` when the job was active and cancellation is pending.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import check
 
+from . import budgets, holds
 from . import keys as K
 from . import usage as usage_rules
 from .states import (ACTIVE, CANCELLED, COMPLETED, DEAD, HELD, PENDING, RETRYING, SCHEDULED, STATES,
@@ -57,11 +58,17 @@ def backoff_ms(backoff: dict | None, attempt: int) -> int:
 class Apply:
     """One op's view of the store: its transaction, the state clock and helpers."""
 
-    def __init__(self, txn, dbs, now: int, changes: Changes):
+    def __init__(self, txn, dbs, now: int, changes: Changes, op_name: str | None = None, who: str | None = None,
+                 note: str | None = None):
         self.txn = txn
         self.db = dbs
         self.now = now
         self.changes = changes
+        #: For the audit trail: the op being applied, who asked (its `actor` arg or client key), its note.
+        self.op_name = op_name
+        self.who = who or "server"
+        self.note = note
+        self._budgets_n = None
 
     # ---------------------------------------------------------------- records
     def get(self, db, key: bytes):
@@ -152,6 +159,8 @@ class Apply:
         """Change a job's state: check the table, keep indexes and counts in step."""
         src = job["state"]
         check(allowed(src, state), f"job {job['id']}: {src} -> {state} is not a legal move ({event})")
+        if src == HELD:
+            holds.left(self, job, state, event)
         self.unindex(job)
         job["state"] = state
         if state in TERMINAL:
@@ -169,6 +178,8 @@ class Apply:
             self.drop_expiry(job)
             self.release_unique(job)
             self.finish_batch_member(job, succeeded=state == COMPLETED)
+        if state == HELD:
+            holds.entered(self, job, event)
 
     def maybe_wake_limited(self, rec: dict):
         """An active job of this queue finished: a concurrency-limited queue's parked fetches may take a job now."""
@@ -222,16 +233,32 @@ class Apply:
         job["last_error"] = message
         job["failed_at"] = self.now
 
-    def record_usage(self, job, usage: dict | None, final: bool = False):
+    def record_usage(self, job, usage: dict | None, final: bool = False) -> list:
         """Keep a usage report for the job's current attempt (storage/usage.py): afterwards
-        `job["usage"]` lists the per-attempt entries and `job["usage_total"]` their sums."""
+        `job["usage"]` lists the per-attempt entries and `job["usage_total"]` their sums.
+
+        The change is charged to the job's budgets (storage/budgets.py); returns the ids of its
+        hold/reject layers that are now spent (empty when none, or when nothing is budgeted)."""
+        if not usage or not budgets.is_budgeted(self, job):
+            usage_rules.record_usage(self, job, usage, final=final)
+            return []
+        before = budgets.job_spent(job)
         usage_rules.record_usage(self, job, usage, final=final)
+        return budgets.charge(self, job, before)
+
+    def end_attempt(self, job):
+        """The job's attempt is over (ack, fail, lease expiry, delete): release its budget reservation."""
+        if "reservation" in job or "budget_override" in job:
+            budgets.release(self, job, usage_rules.attempt_musd(job))
 
     def delete_job(self, job):
         """Remove a job from any state: record, indexes, counts, TTL, unique lock, errors."""
+        if job["state"] == HELD:
+            holds.deleted(self, job)
         self.unindex(job)
         self.count(job["queue"], job["state"], -1)
         if job["state"] == ACTIVE:
+            self.end_attempt(job)
             self.maybe_wake_limited(self.queue(job["queue"]))
         self.drop_expiry(job)
         self.release_unique(job, deleting=True)
@@ -286,9 +313,20 @@ class Apply:
             "cancel_requested": False, "hold_reason": args.get("hold_reason"), "agent": args.get("agent"),
             "usage": [], "usage_total": None,
         }
+        for name in ("budget_usd", "estimate_usd"):
+            if args.get(name) is not None:
+                job[name] = args[name]
         if extra:
             job.update(extra)
         job["state"] = None
+        if state == HELD:
+            if job["hold_reason"] is None:
+                job["hold_reason"] = "enqueued with hold"
+            timeout_ms, action = args.get("hold_timeout_ms"), args.get("timeout_action")
+            if timeout_ms is None:
+                timeout_ms, action = holds.budget_timeout(self, job["hold_reason"])
+            job["hold_until"] = now + timeout_ms if timeout_ms else None
+            job["timeout_action"] = (action or "reject") if timeout_ms else None
         self.move(job, state, "enqueue")
         if expire_at is not None:
             self.txn.put(K.time_key(expire_at, job_id), b"", db=self.db["expiry"])
@@ -302,7 +340,8 @@ class Apply:
 def after_failed_attempt(a: Apply, job, event: str):
     """Move an active job whose attempt failed; returns (next_attempt_at, attempts_remaining)."""
     expired = job.get("expire_at") is not None and a.now >= job["expire_at"]
-    remaining = max(0, job["max_retries"] + 1 - job["attempt"])
+    # Paused attempts (budget holds) do not count against max_retries.
+    remaining = max(0, job["max_retries"] + 1 - job["attempt"] + job.get("pauses", 0))
     if job["cancel_requested"]:
         a.move(job, CANCELLED, event)
         next_at, remaining = None, 0

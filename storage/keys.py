@@ -20,6 +20,13 @@ Every index key sorts so that "the next thing to do" is one cursor seek:
   (outlives the job: retention and delete_job leave it, so rollups can be rebuilt from LMDB)
 - ``usage_seq``: seq(8)                             -> usage key (one entry per usage record, at the
   sequence number of its last write: the usage actor reads the records written after its position)
+- ``budgets``:  budget_id                           -> budget record (limits, window, spend counters)
+- ``budget_scope``: scope NUL target                -> ids of the budgets of that scope (storage/budgets.py)
+- ``budget_held``: budget_id NUL job_id             -> b""   (jobs held by that budget)
+- ``budget_resume``: reset_at(8) budget_id          -> b""   (budgets with held jobs, by window end)
+- ``hold_due``: hold_until(8) job_id                -> b""   (held jobs with a hold time-out)
+- ``audit``:    seq(8)                              -> audit record (storage/audit.py)
+- ``audit_by_job`` / ``audit_by_budget``: id NUL seq(8) -> b""
 
 Queue names are ASCII without NUL (transport/ops.py), so NUL ends the queue
 part and every queue's keys form one contiguous range.
@@ -37,7 +44,8 @@ RANK_PRIORITY = {v: k for k, v in PRIORITY_RANK.items()}
 # Named databases inside the one LMDB environment.
 DB_NAMES = (b"meta", b"jobs", b"pending", b"due", b"leases", b"expiry", b"unique", b"queues",
             b"dedupe", b"dedupe_at", b"errors", b"workers", b"batches", b"by_queue", b"done", b"schedules",
-            b"schedule_due", b"throttled", b"prices", b"usage", b"usage_seq")
+            b"schedule_due", b"throttled", b"prices", b"usage", b"usage_seq", b"budgets", b"budget_scope",
+            b"budget_held", b"budget_resume", b"hold_due", b"audit", b"audit_by_job", b"audit_by_budget")
 
 #: One byte per state in `by_queue` keys (STATES order of storage/states.py).
 STATE_CODE = {"scheduled": 1, "pending": 2, "active": 3, "completed": 4, "retrying": 5, "dead": 6,
@@ -113,3 +121,19 @@ def usage_key(job_id: str, n: int) -> bytes:
 def parse_usage_key(key: bytes) -> tuple[str, int]:
     """(job_id, n) of a `usage` key."""
     return bytes(key[:-5]).decode(), _U32.unpack(key[-4:])[0]
+
+
+def budget_held_key(budget_id: str, job_id: str) -> bytes:
+    return budget_id.encode() + b"\x00" + job_id.encode()
+
+
+def budget_held_prefix(budget_id: str) -> bytes:
+    return budget_id.encode() + b"\x00"
+
+
+def seq_index_key(ident: str, seq: int) -> bytes:
+    return ident.encode() + b"\x00" + _U64.pack(seq)
+
+
+def seq_index_prefix(ident: str) -> bytes:
+    return ident.encode() + b"\x00"

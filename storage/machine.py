@@ -32,12 +32,12 @@ import lmdb
 from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import InvariantViolation, check, error_result
 
+from . import budgets, holds, management, schedules, tick, usage
 from . import keys as K
-from . import management, schedules, tick, usage
 from .apply import (DEDUPE_TTL_MS, ERRORS_KEPT, Apply, Changes, _ok,  # noqa: F401 (re-exported)
                     after_failed_attempt as _after_failed_attempt, backoff_ms)
 from .queues import fetch_room, note_handed_out
-from .states import ACTIVE, CANCELLED, COMPLETED, DEAD, PENDING, RETRYING, SCHEDULED, TERMINAL
+from .states import ACTIVE, CANCELLED, COMPLETED, DEAD, HELD, PENDING, RETRYING, SCHEDULED, TERMINAL
 
 log = logging.getLogger("jobbie.machine")
 
@@ -53,11 +53,27 @@ def fingerprint(op_name: str, args: dict) -> bytes:
 # =================================================================== op handlers
 # Each handler checks everything before its first write and returns one result.
 
+def _budget_checked(a: Apply, args: dict):
+    """(args to create the job with, refusal): a spent `reject` budget refuses the job, a spent
+    `hold` budget makes it start held (storage/budgets.py)."""
+    if not budgets.any_budgets(a):
+        return args, None
+    refusal, hold_reason = budgets.check_enqueue(a, args)
+    if refusal is not None:
+        return args, refusal
+    if hold_reason is not None and not args.get("hold"):
+        args = dict(args, hold=True, hold_reason=hold_reason)
+    return args, None
+
+
 def handle_enqueue(a: Apply, args: dict, ids: list) -> dict:
     if args.get("unique_key") is not None:
         holder = a.unique_holder(args["queue"], args["unique_key"])
         if holder is not None:
             return _ok(job_id=holder, state=a.job(holder)["state"], unique_existing=True)
+    args, refusal = _budget_checked(a, args)
+    if refusal is not None:
+        return refusal
     job = a.create_job(ids[0], args)
     return _ok(job_id=job["id"], state=job["state"], unique_existing=False)
 
@@ -75,6 +91,10 @@ def handle_enqueue_batch(a: Apply, args: dict, ids: list) -> dict:
         if holder is not None:
             job_ids.append(holder)
             continue
+        job_args, refusal = _budget_checked(a, job_args)
+        if refusal is not None:
+            refusal["err"]["message"] = f"jobs[{len(job_ids)}]: {refusal['err']['message']}"
+            return refusal  # the op is refused whole: nothing of the batch is created
         a.create_job(job_id, job_args, batch_id=batch_id)
         job_ids.append(job_id)
         created += 1
@@ -107,7 +127,9 @@ def handle_fetch(a: Apply, args: dict, ids: list) -> dict:
         if cur.set_range(prefix) and cur.key().startswith(prefix):
             heads.append([K.parse_pending(cur.key()), cur, prefix, q])
     out = []
-    while heads and len(out) < wanted:
+    looks = wanted + budgets.FETCH_EXTRA_LOOKS  # jobs budgets turn away still cost a look each
+    while heads and len(out) < wanted and looks > 0:
+        looks -= 1
         best = min(heads, key=lambda h: h[0])
         cur, q = best[1], best[3]
         job = a.job(cur.value().decode())
@@ -124,6 +146,16 @@ def handle_fetch(a: Apply, args: dict, ids: list) -> dict:
             a.move(job, DEAD, "tick: expired")
             a.save_job(job)
             continue
+        if budgets.is_budgeted(a, job):
+            verdict, why, whole_queue = budgets.admit(a, job)
+            if verdict == "hold":
+                holds.hold(a, job, why, "fetch: budget spent")
+                a.save_job(job)
+                continue
+            if verdict == "wait":
+                if whole_queue and best in heads:
+                    heads.remove(best)  # the layer covers the whole queue: its other jobs wait too
+                continue
         job["attempt"] += 1
         job["worker_id"] = worker_id
         job["hostname"] = args.get("hostname")
@@ -174,6 +206,15 @@ def handle_ack(a: Apply, args: dict, ids: list) -> dict:
     if "checkpoint" in args:
         job["checkpoint"] = args["checkpoint"]
     a.record_usage(job, args.get("usage"), final=True)
+    a.end_attempt(job)
+    job.pop("pause", None)
+    if args.get("agent_status") == "hold":
+        holds.hold(a, job, args.get("hold_reason") or "held by the worker", "ack with agent_status hold",
+                   payload=args.get("hold_payload"), timeout_ms=args.get("hold_timeout_ms"),
+                   action=args.get("timeout_action"))
+        job["lease_expires_at"] = None
+        a.save_job(job)
+        return _ok(state=HELD)
     job["completed_at"] = a.now
     a.move(job, COMPLETED, "ack")
     job["lease_expires_at"] = None
@@ -189,9 +230,22 @@ def handle_fail(a: Apply, args: dict, ids: list) -> dict:
         job["checkpoint"] = args["checkpoint"]
     a.record_usage(job, args.get("usage"), final=True)
     a.record_error(job, args.get("error") or "", args.get("backtrace"))
+    a.end_attempt(job)
+    if job.get("pause") and not job["cancel_requested"]:
+        pause_attempt(a, job, "fail after budget_exceeded")
+        a.save_job(job)
+        return _ok(state=HELD, next_attempt_at=None,
+                   attempts_remaining=max(0, job["max_retries"] + 1 - job["attempt"] + job["pauses"]))
     next_at, remaining = _after_failed_attempt(a, job, "fail")
     a.save_job(job)
     return _ok(state=job["state"], next_attempt_at=next_at, attempts_remaining=remaining)
+
+
+def pause_attempt(a: Apply, job: dict, event: str):
+    """The attempt of a job whose budget ran out ended: hold it, checkpoint kept, attempt not counted."""
+    job["pauses"] = job.get("pauses", 0) + 1
+    holds.hold(a, job, job.pop("pause"), event)
+    job["lease_expires_at"] = None
 
 
 def handle_heartbeat(a: Apply, args: dict, ids: list) -> dict:
@@ -208,7 +262,9 @@ def handle_heartbeat(a: Apply, args: dict, ids: list) -> dict:
             job["progress"] = entry["progress"]
         if "checkpoint" in entry:
             job["checkpoint"] = entry["checkpoint"]
-        a.record_usage(job, entry.get("usage"))
+        spent_layers = a.record_usage(job, entry.get("usage"))
+        if spent_layers and not job.get("pause"):
+            job["pause"] = f"budget:{spent_layers[0]}"
         if job["cancel_requested"]:
             status = "cancel"
         else:
@@ -217,7 +273,7 @@ def handle_heartbeat(a: Apply, args: dict, ids: list) -> dict:
             a.index(job)
             status = "ok"
         a.save_job(job)
-        out[job_id] = {"status": status, "budget_exceeded": False}
+        out[job_id] = {"status": status, "budget_exceeded": "pause" in job}
     seen = a.get("workers", worker_id.encode()) or {}
     a.put("workers", worker_id.encode(), {"worker_id": worker_id, "hostname": seen.get("hostname"),
                                           "last_seen_at": a.now})
@@ -308,6 +364,8 @@ HANDLERS = {
     **management.HANDLERS,
     **schedules.HANDLERS,
     **usage.HANDLERS,
+    **budgets.HANDLERS,
+    **holds.HANDLERS,
     "tick": tick.handle_tick,
 }
 
@@ -366,7 +424,8 @@ def _apply_one(env, txn, dbs, now: int, op: dict, changes: Changes) -> dict:
                     return first_result
                 return error_result("FAILED_PRECONDITION", f"request_id {request_id} was already used for a "
                                     "different request", "request_id", "request_id_reused")
-        result = handler(Apply(child, dbs, now, op_changes), args, op.get("ids") or [])
+        apply = Apply(child, dbs, now, op_changes, name, args.get("actor") or op.get("who"), args.get("note"))
+        result = handler(apply, args, op.get("ids") or [])
         if "err" in result:
             child.abort()
             return result

@@ -7,6 +7,7 @@ import struct
 
 from jobbie.transport.codec import decode_trusted
 
+from . import audit, budgets, holds
 from . import keys as K
 from .machine import applied_index
 from .queues import window_reopens_at
@@ -37,6 +38,7 @@ def get_job(txn, dbs, job_id: str) -> dict | None:
                 break
             errors.append(decode_trusted(value))
     job["errors"] = errors
+    job["audit"] = audit.for_job(txn, dbs, job_id)
     return job
 
 
@@ -64,7 +66,7 @@ def next_deadline(txn, dbs, dedupe_ttl_ms: int, completed_retention_ms: int | No
     and the moment a used-up throttle window of a queue with pending jobs ends.
     """
     times = []
-    for name in ("due", "leases", "expiry", "schedule_due"):
+    for name in ("due", "leases", "expiry", "schedule_due", "hold_due", "budget_resume"):
         cur = txn.cursor(db=dbs[name])
         if cur.first():
             times.append(K.parse_time_key(cur.key())[0])
@@ -201,6 +203,9 @@ def read_digest(txn, dbs, args):
 
 READERS = {
     **usage_reads,
+    **audit.READERS,
+    **budgets.READERS,
+    **holds.READERS,
     "get_job": read_get_job,
     "list_queues": read_list_queues,
     "list_workers": read_list_workers,

@@ -13,6 +13,8 @@ work is due (actors/lifecycle). One tick, each kind of work bounded by `limit`:
 - prune completed and cancelled jobs finished more than
   `completed_retention_ms` ago, when the op carries it (the lifecycle puts its
   node's configured value there, so the rule is in the log and replicated);
+- act on held jobs whose hold time-out came (approve or reject), and release
+  the jobs held by budgets whose window rolled over (storage/holds.py);
 - delete worker records not seen (fetch, heartbeat) for `worker_retention_ms`,
   when the op carries it: a sweep in id order, `limit` records per tick, a
   pass every minute (or every retention, if shorter, at most once a second).
@@ -24,6 +26,7 @@ from __future__ import annotations
 from jobbie.transport.codec import decode_trusted
 from jobbie.transport.errors import check
 
+from . import holds
 from . import keys as K
 from .apply import DEDUPE_TTL_MS, Apply, _ok, after_failed_attempt
 from .queues import window_reopens_at
@@ -131,7 +134,13 @@ def handle_tick(a: Apply, args: dict, ids: list) -> dict:
         job = a.job(job_id)
         check(job is not None and job["state"] == ACTIVE, f"lease index holds {job_id} wrongly")
         a.record_error(job, "lease expired")
-        after_failed_attempt(a, job, "lease expired")
+        a.end_attempt(job)
+        if job.get("pause") and not job["cancel_requested"]:
+            job["pauses"] = job.get("pauses", 0) + 1
+            holds.hold(a, job, job.pop("pause"), "tick: lease expired after budget_exceeded")
+            job["lease_expires_at"] = None
+        else:
+            after_failed_attempt(a, job, "lease expired")
         a.save_job(job)
         reclaimed += 1
     for at, job_id in _due(a, "expiry", limit):
@@ -150,6 +159,8 @@ def handle_tick(a: Apply, args: dict, ids: list) -> dict:
         a.txn.delete(K.time_key(at, request_id), db=a.db["dedupe_at"])
         a.txn.delete(request_id.encode(), db=a.db["dedupe"])
     fired = fire_due(a, _due(a, "schedule_due", limit))
+    released = holds.timeouts(a, _due(a, "hold_due", limit))
+    released += holds.budget_windows(a, _due(a, "budget_resume", limit), limit)
     woken = wake_throttled(a)
     retention = args.get("completed_retention_ms")
     pruned = prune_finished(a, retention, limit) if retention else 0
@@ -157,5 +168,5 @@ def handle_tick(a: Apply, args: dict, ids: list) -> dict:
     workers = sweep_workers(a, worker_retention, limit) if worker_retention else 0
     # The three historic counts always; the newer ones only when non-zero (tick is internal).
     extra = {k: v for k, v in (("fired", fired), ("woken", woken), ("pruned", pruned),
-                               ("workers_pruned", workers)) if v}
+                               ("workers_pruned", workers), ("released", released)) if v}
     return _ok(promoted=promoted, reclaimed=reclaimed, expired=expired, **extra)

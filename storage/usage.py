@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from jobbie.transport.errors import error_result
 
+from . import audit
 from . import keys as K
 
 INT64_MAX = 2**63 - 1
@@ -152,6 +153,14 @@ def record_usage(a, job: dict, usage: dict | None, final: bool = False):
     _store(a, job, entry)
 
 
+def attempt_musd(job: dict) -> int:
+    """Micro-USD the job's current attempt cost (0 when it reported nothing)."""
+    for e in reversed(job.get("usage") or ()):
+        if e.get("attempt") == job["attempt"] and e.get("started_at") == job.get("started_at"):
+            return int(round((e.get("cost_usd") or 0.0) * 1_000_000))
+    return 0
+
+
 def _store(a, job: dict, entry: dict):
     """Write the entry's LMDB record and move it to a new place in `usage_seq`."""
     key = K.usage_key(job["id"], entry["n"])
@@ -178,6 +187,8 @@ def handle_set_price(a, args: dict, ids: list) -> dict:
            "cache_write_usd_per_mtok": args.get("cache_write_usd_per_mtok", args["input_usd_per_mtok"]),
            "created_at": old["created_at"] if old else a.now, "updated_at": a.now}
     a.put("prices", key, rec)
+    audit.record(a, "price_set", reason=f"{provider or '*'}/{model}", note=args.get("note"),
+                 details={k: rec[k] for k in PRICE_FIELDS} | {"replaced": old is not None})
     return _ok(**rec, replaced=old is not None)
 
 
@@ -188,6 +199,7 @@ def handle_delete_price(a, args: dict, ids: list) -> dict:
         return error_result("NOT_FOUND", f"no price for model {model!r}"
                             + (f" of provider {provider!r}" if provider else " without a provider"), "model")
     a.txn.delete(key, db=a.db["prices"])
+    audit.record(a, "price_deleted", reason=f"{provider or '*'}/{model}", note=args.get("note"))
     return _ok()
 
 

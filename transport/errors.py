@@ -88,9 +88,8 @@ REASONS: dict[str, tuple[str, str]] = {
                   "payload cap, or a frame over 8 MiB."),
     "too_deep": ("INVALID_ARGUMENT", "A free value (payload, result, checkpoint, ...) nested deeper than 64 levels."),
     "conflicting_fields": ("INVALID_ARGUMENT", "Two arguments that exclude each other (`run_at` and `delay_ms`; "
-                           "`job_ids` and `filter`)."),
-    "unsupported": ("INVALID_ARGUMENT", "A field this version does not implement yet (`hold_reason` / "
-                    "`hold_payload` on `ack`)."),
+                           "`job_ids` and `filter`), or one given without the one it goes with (`hold_reason` on "
+                           "`ack` without `agent_status: hold`, `hours` without `window: hours`)."),
     "confirm_required": ("INVALID_ARGUMENT", "`delete_queue` without `confirm: true`."),
     "empty_filter": ("INVALID_ARGUMENT", "A `bulk` `filter` with no criterion (a bulk action on every job is not "
                      "offered)."),
@@ -105,7 +104,11 @@ REASONS: dict[str, tuple[str, str]] = {
     "lease_lost": ("FAILED_PRECONDITION", "`ack`/`fail` for a job that is not active, or with an `attempt` that is "
                    "not the current one (`field` `attempt`)."),
     "already_finished": ("FAILED_PRECONDITION", "`cancel_job` of a `completed` or `dead` job."),
-    "wrong_state": ("FAILED_PRECONDITION", "`retry_job` of a `pending`, `active` or `held` job."),
+    "wrong_state": ("FAILED_PRECONDITION", "`retry_job` of a `pending`, `active` or `held` job; `approve_job` / "
+                    "`reject_job` of a job that is not `held`."),
+    "no_budget_hold": ("FAILED_PRECONDITION", "`approve_job` with `extend` for a job that no budget holds."),
+    "budget_gone": ("NOT_FOUND", "`approve_job` with `extend` for a job whose budget was deleted (`field` "
+                    "`extend`)."),
     "unique_conflict": ("FAILED_PRECONDITION", "`retry_job` (or a move) of a job whose unique key another live job "
                         "holds now."),
     "job_active": ("FAILED_PRECONDITION", "`move_job` of an active job: move it when its attempt has ended."),
@@ -117,6 +120,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "peer_unreachable": ("FAILED_PRECONDITION", "`cluster_add` of an address whose raft port does not answer: "
                          "start the new node first (with `--peers` and `--rejoin`), then add it; nothing changed."),
     # --- load and availability
+    "budget_exceeded": ("RESOURCE_EXHAUSTED", "`enqueue` into the scope of a spent budget whose `on_exceed` is "
+                        "`reject`; `retry_after_ms` is the time until its window resets (absent for `total`)."),
     "overloaded": ("RESOURCE_EXHAUSTED", "Admission's in-flight limit (node-wide or for this client) is reached; "
                    "`retry_after_ms` is set."),
     "timeout": ("UNAVAILABLE", "No outcome within the write time-out (5 s at the gateway; the Python client makes "

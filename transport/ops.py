@@ -149,6 +149,14 @@ AGENT = Arg("agent", "struct", "Agent-loop guardrails (stored with the job).", f
     Arg("iteration_timeout", "int", low=1, high=YEAR_MS),
 ))
 
+HOLD_TIMEOUT = Arg("hold_timeout_ms", "int", "While held, act on the job after this long (see "
+                   "timeout_action).", low=1000, high=YEAR_MS)
+TIMEOUT_ACTION = Arg("timeout_action", "str", "What a hold time-out does: approve (back to pending) or reject "
+                     "(cancelled).", choices=("approve", "reject"))
+ACTOR = Arg("actor", "str", "Who does this, for the audit trail (default: the request's `client` key).",
+            length_max=128)
+NOTE = Arg("note", "str", "Kept in the audit trail.", length_max=4096)
+
 ENQUEUE_ARGS = (
     Arg("queue", "queue", "Queue name: 1-128 chars of ASCII letters, digits, `.`, `_`, `:` and `-`, starting with a letter or digit.", required=True),
     Arg("payload", "any", "Any msgpack value; encoded size at most the payload cap (1 MiB by default).", required=True),
@@ -164,10 +172,17 @@ ENQUEUE_ARGS = (
     Arg("unique_key", "str", "At most one live job per (queue, key); a duplicate returns the existing job.", length_max=256),
     Arg("unique_period_ms", "int", "Keep the unique key for this long (default: until the job finishes).", low=1, high=YEAR_MS),
     Arg("tags", "str_map", "String map, at most 32 entries, keys ≤ 64 and values ≤ 256 chars."),
-    Arg("hold", "bool", "Enqueue in state `held`: not handed out; this version has no approve/reject ops yet: "
-        "it leaves `held` by cancel_job, delete_job or its TTL.", default=False),
+    Arg("hold", "bool", "Enqueue in state `held`: not handed out until approve_job (or reject_job, cancel_job, "
+        "its hold time-out, its TTL).", default=False),
     Arg("hold_reason", "str", "Why the job is held.", length_max=4096),
     AGENT,
+    Arg("budget_usd", "float", "This job's own spend cap across its attempts (the `job` budget layer; "
+        "agent.max_cost_usd is the same for agent jobs). Also its cost estimate for reservations.",
+        low=0, high=1e9),
+    Arg("estimate_usd", "float", "Expected cost of one attempt, reserved against the budgets at fetch "
+        "(default: the job's remaining cap, else the budget's recent cost per attempt).", low=0, high=1e9),
+    HOLD_TIMEOUT,
+    TIMEOUT_ACTION,
 )
 
 OPS: dict[str, Op] = {}
@@ -203,9 +218,11 @@ _op("ack", "write", "Complete an active job.", (
     Arg("result", "any", "Stored with the job."),
     USAGE,
     Arg("checkpoint", "any"),
-    Arg("agent_status", "str", "Only `done` is supported in this version.", choices=("done",)),
-    Arg("hold_reason", "str", "With agent_status `hold` (not supported in this version).", length_max=4096),
-    Arg("hold_payload", "any", "With agent_status `hold` (not supported in this version)."),
+    Arg("agent_status", "str", "done (the default: the job completes) or hold (the job goes `held` with "
+        "hold_reason and hold_payload, for a person to approve or reject).", choices=("done", "hold")),
+    Arg("hold_reason", "str", "With agent_status hold: why.", length_max=4096),
+    Arg("hold_payload", "any", "With agent_status hold: what the person deciding needs to see."),
+    HOLD_TIMEOUT, TIMEOUT_ACTION,
     Arg("trace", "any", "Stored with the job (`trace`)."),
     REQUEST_ID,
 ), ok=("state",), errors=("NOT_FOUND", "FAILED_PRECONDITION/lease_lost"))
@@ -224,10 +241,11 @@ _op("heartbeat", "write", "Extend leases and store progress; answers per job ok,
 ), ok=("jobs",))
 _op("get_job", "read", "The job record: every field of the job model, `errors` per attempt among them.", (JOB_ID,),
     ok=("job",))
-_op("cancel_job", "write", "Cancel a job; an active job is told on its next heartbeat.", (JOB_ID, REQUEST_ID),
+_op("cancel_job", "write", "Cancel a job; an active job is told on its next heartbeat.",
+    (JOB_ID, ACTOR, NOTE, REQUEST_ID),
     ok=("state", "cancel_requested"))
 _op("retry_job", "write", "Run a dead, cancelled, completed, retrying or scheduled job again now.", (JOB_ID, REQUEST_ID), ok=("state",))
-_op("delete_job", "write", "Remove a job and its indexes.", (JOB_ID, REQUEST_ID), ok=())
+_op("delete_job", "write", "Remove a job and its indexes.", (JOB_ID, ACTOR, REQUEST_ID), ok=())
 _op("pause_queue", "write", "Stop handing out jobs of a queue.", (Arg("queue", "queue", required=True), REQUEST_ID), ok=())
 _op("resume_queue", "write", "Hand out jobs of a queue again.", (Arg("queue", "queue", required=True), REQUEST_ID), ok=())
 _op("list_queues", "read", "Every known queue with counts per state.", (), ok=("queues",))
@@ -451,6 +469,11 @@ def _check_enqueue(args, limits, frame_bytes, now_ms, prefix=""):
         if size > limits.payload_bytes_max:
             raise InvalidArgument(f"{prefix}payload is {size} bytes; the cap is {limits.payload_bytes_max}",
                                   field=prefix + "payload", reason="too_large")
+    if not args.get("hold"):
+        for name in ("hold_timeout_ms", "timeout_action"):
+            if name in args:
+                _bad(f"{prefix}{name} goes with {prefix}hold true (a budget hold takes the budget's own "
+                     "time-out)", prefix + name, "conflicting_fields")
     backoff = args.get("backoff")
     if backoff is not None and backoff["max_ms"] < backoff["base_ms"]:
         _bad(f"{prefix}backoff.max_ms must be at least backoff.base_ms", prefix + "backoff.max_ms", "out_of_range")
@@ -501,10 +524,10 @@ def _check_heartbeat(args, limits, frame_bytes, now_ms):
 
 def _check_ack_hold(args, limits, frame_bytes, now_ms):
     _check_caps("ack", args, limits, frame_bytes)
-    for name in ("hold_reason", "hold_payload"):
-        if name in args:
-            _bad(f"{name} goes with agent_status hold, which this version does not support yet", name,
-                 "unsupported")
+    if args.get("agent_status") != "hold":
+        for name in ("hold_reason", "hold_payload", "hold_timeout_ms", "timeout_action"):
+            if name in args:
+                _bad(f"{name} goes with agent_status hold", name, "conflicting_fields")
 
 
 _EXTRA_CHECKS = {
@@ -523,5 +546,7 @@ from . import ops_search  # noqa: E402,F401
 from . import ops_manage  # noqa: E402,F401
 # Likewise the price table and the usage actor's summaries.
 from . import ops_usage  # noqa: E402,F401
+# Likewise budgets, held jobs and the audit trail.
+from . import ops_budgets  # noqa: E402,F401
 
 WRITE_OPS = frozenset(name for name, op in OPS.items() if op.path == "write")

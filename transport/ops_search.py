@@ -20,7 +20,7 @@ STATE_NAMES = ("scheduled", "pending", "active", "completed", "retrying", "dead"
 #: Sort keys of search_jobs.
 SORTS = ("created_at", "scheduled_at", "started_at", "completed_at", "expire_at", "updated_at", "priority",
          "attempt")
-BULK_ACTIONS = ("retry", "delete", "cancel", "move", "requeue", "change_priority")
+BULK_ACTIONS = ("retry", "delete", "cancel", "move", "requeue", "change_priority", "approve", "reject")
 #: Ids one bulk request may name (a filter has no such limit of its own; see the mirror).
 BULK_IDS_MAX = 100_000
 SEARCH_LIMIT_MAX = 1000
@@ -77,9 +77,13 @@ _op("bulk", "mirror", "Apply one action to many jobs: the listed `job_ids`, or e
             fields=FILTER_ARGS),
         Arg("action", "str", "retry (retry_job), delete (delete_job), cancel (cancel_job), move (move_job to "
             "`move_to_queue`), requeue (retry_job of dead, cancelled and completed jobs only), change_priority "
-            "(set_priority to `priority`).", required=True, choices=BULK_ACTIONS),
+            "(set_priority to `priority`), approve / reject (approve_job / reject_job of held jobs; with a "
+            "filter, jobs in other states are skipped).", required=True, choices=BULK_ACTIONS),
         Arg("move_to_queue", "queue", "Target queue of `move`."),
         Arg("priority", "str", "New priority of `change_priority`.", choices=PRIORITIES),
+        Arg("note", "str", "approve / reject: kept in the audit trail.", length_max=4096),
+        Arg("actor", "str", "approve / reject: who decides, for the audit trail (default: the request's "
+            "`client` key).", length_max=128),
     ), ok=("affected", "errors", "error_count", "duration_ms", "bulk_id", "status", "total", "skipped"))
 
 _op("bulk_status", "mirror", "Progress of a bulk run (kept in the mirror's memory: the last 64 runs, until the "
@@ -143,6 +147,9 @@ def _check_bulk(args, limits, frame_bytes, now_ms):
         _bad("action move needs move_to_queue", "move_to_queue", "missing_field")
     if action == "change_priority" and args.get("priority") is None:
         _bad("action change_priority needs priority", "priority", "missing_field")
+    for name in ("note", "actor"):
+        if name in args and action not in ("approve", "reject"):
+            _bad(f"{name} goes with action approve or reject", name, "conflicting_fields")
 
 
 _EXTRA_CHECKS["search_jobs"] = _check_search

@@ -38,6 +38,11 @@ log = logging.getLogger("jobbie.gateway")
 #: How long a mirror op may take before it is answered UNAVAILABLE / timeout (seconds).
 MIRROR_TIMEOUT_S = {"search_jobs": 10.0, "bulk_status": 10.0, "bulk": 120.0, "rebuild_mirror": 600.0,
                     "usage_summary": 10.0, "rebuild_usage": 600.0}
+#: Writes whose op carries the request's client key as `who`, for the audit trail.
+AUDITED = frozenset({"approve_job", "reject_job", "set_budget", "delete_budget", "set_price", "delete_price",
+                     "cancel_job", "delete_job"})
+#: Reads that show figures at the gateway's time (a budget's spend in its current window).
+READS_AT_NOW = frozenset({"get_budget", "list_budgets"})
 #: The mirror reports every 0.5 s; after this long without a report its ops are refused at once.
 MIRROR_STALE_S = 3.0
 
@@ -185,7 +190,7 @@ class GatewayCore:
         if op.path == "local":
             self.reply(ident, envelope, req_id, "ok", self.cluster_status(now))
         elif op.path == "read":
-            self.read(ident, envelope, req_id, op.name, args)
+            self.read(ident, envelope, req_id, op.name, args, now)
         elif op.path == "control":
             self.seq += 1
             tag = [GW, self.incarnation, self.seq]
@@ -219,6 +224,8 @@ class GatewayCore:
                 "message": "the mirror actor (search and bulk) has not reported recently; it may be starting "
                            "or restarting, retry shortly"})
             return
+        if name == "bulk" and args["action"] in ("approve", "reject") and not args.get("actor"):
+            args = dict(args, actor=client)  # who decided, for the audit trail
         self.mirror_out.append(self.pending_view_request(ident, envelope, req_id, name, args, client, now))
 
     def to_usage(self, ident, envelope, req_id, name, args, client, now):
@@ -256,6 +263,8 @@ class GatewayCore:
         self.seq += 1
         tag = [GW, self.incarnation, self.seq]
         op = {"op": p.op, "args": args, "now": int(now * 1000), "tag": tag}
+        if p.op in AUDITED or (p.op == "enqueue" and args.get("hold")):
+            op["who"] = p.client  # for the audit trail (the `actor` arg, when given, wins)
         ids = self.make_ids(p.op, args)
         if ids:
             op["ids"] = ids
@@ -274,8 +283,10 @@ class GatewayCore:
             return ids
         return None
 
-    def read(self, ident, envelope, req_id, name, args):
+    def read(self, ident, envelope, req_id, name, args, now: float = 0.0):
         try:
+            if name in READS_AT_NOW:
+                args = dict(args, now=int(now * 1000))
             result = self.reader.read(name, args)
             if result is None:
                 field = next((a for a in ("job_id", "queue", "name") if a in args), None)

@@ -1,7 +1,8 @@
 """Bulk runs: many write ops, fed to admission one chunk at a time.
 
 A run turns each job id into one ordinary write op (`retry_job`,
-`delete_job`, `cancel_job`, `move_job`, `set_priority`) and submits them
+`delete_job`, `cancel_job`, `move_job`, `set_priority`, `approve_job`,
+`reject_job`) and submits them
 through admission exactly like the gateway does, under the client key "mr"
 and tags `["mr", incarnation, seq]`; raft routes their results back to the
 mirror. The rules:
@@ -28,9 +29,12 @@ from jobbie.transport import codec
 
 MR = "mr"
 ACTION_OPS = {"retry": "retry_job", "requeue": "retry_job", "delete": "delete_job", "cancel": "cancel_job",
-              "move": "move_job", "change_priority": "set_priority"}
+              "move": "move_job", "change_priority": "set_priority", "approve": "approve_job",
+              "reject": "reject_job"}
 #: `requeue` takes only finished jobs; other states are skipped.
 REQUEUE_STATES = ("dead", "cancelled", "completed")
+#: With a filter, `approve` and `reject` take only held jobs.
+HELD_ONLY = ("held",)
 RETRYABLE = ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
 
 

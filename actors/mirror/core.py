@@ -38,7 +38,7 @@ from collections import deque
 
 from jobbie.transport.errors import InvalidArgument, JobbieError, NotFound, Unavailable
 
-from .bulk import REQUEUE_STATES, BulkRuns
+from .bulk import HELD_ONLY, REQUEUE_STATES, BulkRuns
 from .db import Broken
 from .rows import rev
 from .source import SourceUnavailable
@@ -396,13 +396,16 @@ class MirrorCore:
                 if action == "requeue" else ids
         else:
             found = self.live.resolve(args["filter"])
-            keep = [i for i, s in found if action != "requeue" or s in REQUEUE_STATES]
+            wanted = REQUEUE_STATES if action == "requeue" else HELD_ONLY if action in ("approve", "reject") else None
+            keep = [i for i, s in found if wanted is None or s in wanted]
             ids = found
         extra = {}
         if action == "move":
             extra["queue"] = args["move_to_queue"]
         elif action == "change_priority":
             extra["priority"] = args["priority"]
+        elif action in ("approve", "reject"):
+            extra.update({k: args[k] for k in ("note", "actor") if args.get(k) is not None})
         run = self.bulk.start(action, keep, extra, len(ids) - len(keep), now, reply=tag)
         if not self.bulk.is_sync(run):
             self.reply(tag, {"bulk_id": run.id, "status": "running", "total": run.total, "skipped": run.skipped})

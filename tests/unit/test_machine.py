@@ -40,8 +40,9 @@ def err(result) -> tuple:
 def test_every_handler_has_tests_below():
     # The ops this file covers; a new handler must get tests (and be added here).
     # Given the handler table / Then it holds exactly the ops this file tests, plus the queue
-    # management and schedule ops that test_management.py covers and the price ops of test_usage.py
-    managed = {"set_price", "delete_price", "move_job", "set_priority", "clear_queue", "drain_queue", "delete_queue", "set_concurrency",
+    # management and schedule ops that test_management.py covers, the price ops of test_usage.py
+        # and the budget and approval ops of test_budgets.py
+    managed = {"set_budget", "delete_budget", "approve_job", "reject_job", "set_price", "delete_price", "move_job", "set_priority", "clear_queue", "drain_queue", "delete_queue", "set_concurrency",
                "set_throttle", "remove_throttle", "create_schedule", "delete_schedule"}
     assert set(HANDLERS) - managed == {"enqueue", "enqueue_batch", "fetch", "ack", "fail", "heartbeat", "cancel_job",
                              "retry_job", "delete_job", "pause_queue", "resume_queue", "tick"}
@@ -62,7 +63,7 @@ def test_enqueue_creates_a_pending_job_with_defaults(h):
         "lease_ms": None, "lease_expires_at": None, "progress": None, "checkpoint": None, "result": None,
         "created_at": T0, "updated_at": T0, "started_at": None, "completed_at": None, "failed_at": None,
         "last_error": None, "cancel_requested": False, "hold_reason": None, "agent": None, "usage": [],
-        "usage_total": None, "errors": [],
+        "usage_total": None, "errors": [], "audit": [],
     }
     # and it sits in exactly one index, the pending one, under its queue and priority
     assert h.items("pending") == [(K.pending_key("emails", "normal", 1), b"job_1")]

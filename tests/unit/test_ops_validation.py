@@ -24,7 +24,7 @@ VALID = {
     "enqueue": {"queue": "q", "payload": 1},
     "enqueue_batch": {"jobs": [{"queue": "q", "payload": 1}]},
     "fetch": {"queues": ["q"], "worker_id": "w1"},
-    "ack": {"job_id": "job_1"},
+    "ack": {"job_id": "job_1", "agent_status": "hold"},  # hold: its hold_* args are valid too
     "fail": {"job_id": "job_1"},
     "heartbeat": {"worker_id": "w1", "jobs": {}},
     "get_job": {"job_id": "job_1"},
@@ -60,6 +60,14 @@ VALID = {
     "delete_price": {"model": "m"},
     "usage_summary": {},
     "rebuild_usage": {},
+    "set_budget": {"budget_id": "daily", "scope": "global", "limit_usd": 10},
+    "get_budget": {"budget_id": "daily"},
+    "list_budgets": {},
+    "delete_budget": {"budget_id": "daily"},
+    "approve_job": {"job_id": "job_1"},
+    "reject_job": {"job_id": "job_1"},
+    "list_held": {},
+    "list_audit": {},
 }
 
 BAD_QUEUE_NAMES = [
@@ -244,8 +252,8 @@ def test_bad_argument_is_refused_with_its_field_and_reason(op_name, args, field,
     assert exc.to_wire() == {"code": "INVALID_ARGUMENT", "message": exc.message, "field": field, "reason": reason}
 
 
-#: Free-value args that this version refuses whatever their value (their own test below).
-UNSUPPORTED = {("ack", "hold_payload")}
+#: Free-value args that this version refuses whatever their value.
+UNSUPPORTED = set()
 
 
 @pytest.mark.parametrize("name", CLIENT_OPS)
@@ -259,12 +267,15 @@ def test_max_depth_payload_is_accepted_where_any_value_is(name):
             assert validate(name, args)[1][arg.name] == value
 
 
-@pytest.mark.parametrize("field,value", [("hold_reason", "why"), ("hold_payload", {"a": 1}), ("hold_payload", None)])
-def test_ack_hold_fields_are_unsupported_in_this_version(field, value):
-    # Given an ack with a hold field / When validated / Then unsupported on that field
+@pytest.mark.parametrize("field,value", [("hold_reason", "why"), ("hold_payload", {"a": 1}), ("hold_payload", None),
+                                         ("hold_timeout_ms", 60_000), ("timeout_action", "approve")])
+def test_ack_hold_fields_need_agent_status_hold(field, value):
+    # Given an ack with a hold field but agent_status done / When validated / Then conflicting_fields on it
     with pytest.raises(InvalidArgument) as info:
         validate("ack", {"job_id": "j", "agent_status": "done", field: value})
-    assert (info.value.field, info.value.reason) == (field, "unsupported")
+    assert (info.value.field, info.value.reason) == (field, "conflicting_fields")
+    # With agent_status hold the same field is accepted
+    assert validate("ack", {"job_id": "j", "agent_status": "hold", field: value})[1]["agent_status"] == "hold"
 
 
 # ------------------------------------------------------------------------------- ops and envelopes

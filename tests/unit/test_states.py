@@ -133,7 +133,48 @@ def _cancel_then(act):
     return run
 
 
+def _budget(h, **kw):
+    args = dict(budget_id="b", scope="global", limit_usd=0, on_exceed="hold")
+    args.update(kw)
+    h.ok("set_budget", args, now=h.T0)
+
+
+def _enqueue_under_spent_budget(h, jid):
+    _budget(h)
+    return _create()(h, jid)
+
+
+def _fetch_under_spent_budget(h, jid):
+    _budget(h)
+    result = h.run("fetch", {"queues": ["q"], "worker_id": "w1"}, now=h.T0)
+    assert result["ok"]["jobs"] == []
+    return jid, result
+
+
+def _spent_then(act):
+    """The active job reports more than its own cap on a heartbeat (budget_exceeded), then `act`."""
+    def run(h, jid):
+        beat = h.ok("heartbeat", {"worker_id": "w1", "jobs": {jid: {"usage": {"cost_usd": 1.0}}}}, now=h.T0)
+        assert beat["jobs"][jid] == {"status": "ok", "budget_exceeded": True}
+        return act(h, jid)
+    return run
+
+
+def _budget_window_reset(h, jid):
+    """A day budget spent by a job of another queue holds a new job of q; the next day releases it."""
+    h.ok("delete_job", {"job_id": jid}, now=h.T0)
+    _budget(h, limit_usd=1.0, window="day")
+    side = h.enqueue(now=h.T0, queue="side")
+    h.fetch_one(now=h.T0, queues=("side",))
+    h.ok("ack", {"job_id": side, "usage": {"cost_usd": 1.0}}, now=h.T0)
+    held = h.enqueue(now=h.T0)
+    assert h.state(held) == HELD and h.raw_job(held)["hold_reason"] == "budget:b"
+    next_day = h.T0 - h.T0 % 86_400_000 + 86_400_000
+    return held, h.run("tick", {"limit": 1000}, now=next_day)
+
+
 PROMOTED = {"promoted": 1, "reclaimed": 0, "expired": 0}
+RELEASED = {"promoted": 0, "reclaimed": 0, "expired": 0, "released": 1}
 RECLAIMED = {"promoted": 0, "reclaimed": 1, "expired": 0}
 EXPIRED = {"promoted": 0, "reclaimed": 0, "expired": 1}
 
@@ -162,6 +203,20 @@ DRIVERS = {
     "cancel_job": [("", {}, _client("cancel_job"), None)],
     # expire before the job would be promoted, so the move really starts in `from`
     "tick: expired": [("", {"expire_after_ms": 500}, _tick_at("expire_at"), EXPIRED)],
+    "enqueue while a hold budget is spent": [("", {}, _enqueue_under_spent_budget, None)],
+    "reject_job": [("", {}, _client("reject_job", note="no"), None)],
+    "approve_job": [("", {}, _client("approve_job", note="ok"), None)],
+    "tick: hold timed out (reject)": [("", {"hold_timeout_ms": 1000, "timeout_action": "reject"},
+                                       _tick_at("hold_until"), RELEASED)],
+    "tick: hold timed out (approve)": [("", {"hold_timeout_ms": 1000, "timeout_action": "approve"},
+                                        _tick_at("hold_until"), RELEASED)],
+    "tick: budget window reset": [("", {}, _budget_window_reset, RELEASED)],
+    "fetch: a budget is spent": [("", {}, _fetch_under_spent_budget, None)],
+    "ack with agent_status hold": [("", {}, _client("ack", attempt=1, agent_status="hold", hold_reason="review"),
+                                    None)],
+    "fail after budget_exceeded": [("", {"budget_usd": 0.5}, _spent_then(_client("fail", error="paused")), None)],
+    "tick: lease expired after budget_exceeded": [("", {"budget_usd": 0.5}, _spent_then(_tick_at("lease_expires_at")),
+                                                   RECLAIMED)],
 }
 
 KNOWN_BUGS: dict = {}
