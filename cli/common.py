@@ -37,6 +37,11 @@ def _run(server, output, op, args, to_text):
             result = client.call(op, **args)
         except JobbieError as exc:
             _fail_with(exc, server)
+    _print(output, result, to_text)
+
+
+def _print(output, result, to_text):
+    """Print an answer: as JSON for scripts, else as `to_text` makes it for people."""
     if output == "json":
         print(json.dumps(result, default=_json_default, sort_keys=True))
     else:

@@ -18,6 +18,7 @@ from . import render
 from .common import _fail, _flag, _json_arg, _run
 from .manage import ManageCommands
 from .search import SearchCommands
+from .budgets import BudgetCommands
 from .usage import UsageCommands
 
 
@@ -40,7 +41,7 @@ class ClusterCli:
         return _run(server, output, "cluster_remove", {"address": str(address)}, lambda r: f"removed {address}")
 
 
-class Cli(ManageCommands, SearchCommands, UsageCommands):
+class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands):
     """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
 
     Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.

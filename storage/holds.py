@@ -57,20 +57,26 @@ def entered(a, job: dict, event: str):
     if job.get("hold_until") is not None:
         a.txn.put(K.time_key(job["hold_until"], job["id"]), b"", db=a.db["hold_due"])
     budgets.note_held(a, job)
-    audit.record(a, "held", job_id=job["id"], queue=job["queue"], reason=job.get("hold_reason"), event=event,
-                 hold_until=job.get("hold_until"), note=a.note)
+    audit.record(a, "held", job_id=job["id"], budget_id=_budget_id(job), queue=job["queue"],
+                 reason=job.get("hold_reason"), event=event, hold_until=job.get("hold_until"), note=a.note)
 
 
 def left(a, job: dict, state: str, event: str):
     if job.get("hold_until") is not None:
         a.txn.delete(K.time_key(job["hold_until"], job["id"]), db=a.db["hold_due"])
     budgets.note_released(a, job)
-    audit.record(a, "released", job_id=job["id"], queue=job["queue"], reason=job.get("hold_reason"),
-                 event=event, to_state=state, note=a.note)
+    audit.record(a, "released", job_id=job["id"], budget_id=_budget_id(job), queue=job["queue"],
+                 reason=job.get("hold_reason"), event=event, to_state=state, note=a.note)
     job["last_hold_reason"] = job.get("hold_reason")
     job["hold_reason"] = None
     job["hold_until"] = None
     job["timeout_action"] = None
+
+
+def _budget_id(job: dict) -> str | None:
+    """The budget a hold names (for the trail's by-budget index), not the per-job cap."""
+    b_id = budgets.budget_of(job.get("hold_reason"))
+    return None if b_id == "job" else b_id
 
 
 def deleted(a, job: dict):

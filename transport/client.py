@@ -279,6 +279,50 @@ class Client:
     def rebuild_usage(self) -> dict:
         return self.call("rebuild_usage")
 
+    # ------------------------------------------- budgets, held jobs, audit (docs/ai.md)
+    def set_budget(self, budget_id: str, scope: str = "global", target: str | None = None,
+                   limit_usd: float | None = None, limit_tokens: int | None = None, window: str = "day",
+                   **options) -> dict:
+        """Create or replace a budget; answers it as get_budget shows it (plus `replaced`).
+
+        Options: hours (window "hours"), on_exceed ("hold", "reject", "alert"), alert_queue,
+        hold_timeout_ms, timeout_action, note, actor."""
+        return self.call("set_budget", budget_id=budget_id, scope=scope, window=window,
+                         **_given(dict(options, target=target, limit_usd=limit_usd, limit_tokens=limit_tokens)))
+
+    def get_budget(self, budget_id: str) -> dict:
+        """One budget with its spend now: limit, spent, reserved, remaining, reset_at."""
+        return self.call("get_budget", budget_id=budget_id)["budget"]
+
+    def list_budgets(self, scope: str | None = None) -> list:
+        return self.call("list_budgets", **_given({"scope": scope}))["budgets"]
+
+    def delete_budget(self, budget_id: str, note: str | None = None) -> dict:
+        return self.call("delete_budget", budget_id=budget_id, **_given({"note": note}))
+
+    def approve(self, job_ids, note: str | None = None, extend: dict | None = None,
+                actor: str | None = None) -> dict:
+        """Release held job(s) to pending: one id (answers with `state`) or a list (`affected`, `errors`).
+        `extend={"usd": 5}` raises the budget that held them instead of letting them run past it once."""
+        target = {"job_id": job_ids} if isinstance(job_ids, str) else {"job_ids": list(job_ids)}
+        return self.call("approve_job", **target, **_given({"note": note, "extend": extend, "actor": actor}))
+
+    def reject(self, job_ids, note: str | None = None, actor: str | None = None) -> dict:
+        """Cancel held job(s); `last_error` becomes "rejected: NOTE"."""
+        target = {"job_id": job_ids} if isinstance(job_ids, str) else {"job_ids": list(job_ids)}
+        return self.call("reject_job", **target, **_given({"note": note, "actor": actor}))
+
+    def held(self, queue: str | None = None, budget_id: str | None = None, limit: int = 100) -> list:
+        """Held jobs: job_id, queue, hold_reason, held_at, hold_until, cost_usd, ..."""
+        return self.call("list_held", limit=limit, **_given({"queue": queue, "budget_id": budget_id}))["jobs"]
+
+    def audit(self, job_id: str | None = None, budget_id: str | None = None, kind=None, since: int | None = None,
+              limit: int = 100) -> list:
+        """Audit events, newest first (see list_audit for the paging cursor)."""
+        kind = [kind] if isinstance(kind, str) else kind
+        return self.call("list_audit", limit=limit, **_given({"job_id": job_id, "budget_id": budget_id,
+                                                               "kind": kind, "since": since}))["events"]
+
     # -------------------------------------------------------------- lifetime
     def close(self):
         if self._closed:
