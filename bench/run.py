@@ -93,10 +93,20 @@ def per_op(before: dict, after: dict, units: float) -> dict:
             "icsw_per_op": round(sum(after[n][2] - before[n][2] for n in names) / units, 2)}
 
 
+def set_budgets(endpoint: str):
+    """Two budget layers that match every bench job and never run out (a global one and one for
+    the bench queues' namespace), so every enqueue, fetch and ack takes the budget paths."""
+    with Client(endpoint, timeout=5) as client:
+        client.set_budget("bench-global", scope="global", limit_usd=1e9, window="day")
+        client.set_budget("bench-namespace", scope="namespace", target=S.QUEUE.partition(".")[0],
+                          limit_usd=1e9, limit_tokens=2**62, window="hours", hours=24)
+
+
 class Bench:
     def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress,
-                 mirror: bool = True, usage: bool = False):
+                 mirror: bool = True, usage: bool = False, budgets: bool = False):
         self.usage = usage
+        self.budgets = budgets
         self.mirror = mirror
         self.duration = duration
         self.repeats = repeats
@@ -121,7 +131,7 @@ class Bench:
 
     def record(self, scenario: str, concurrency: int, repeat: int, result: dict, **extra):
         rec = {"scenario": scenario, "concurrency": concurrency, "repeat": repeat, **result, **extra,
-               "durable": self.durable, "mirror": self.mirror, "usage": self.usage, "duration_s": self.duration, **self.meta,
+               "durable": self.durable, "mirror": self.mirror, "usage": self.usage, "budgets": self.budgets, "duration_s": self.duration, **self.meta,
                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.records.append(rec)
         errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
@@ -143,6 +153,8 @@ class Bench:
     def scenario(self, name: str, concurrency: int, repeat: int, ceiling: float | None = None,
                  batch_size: int = 1000, work_ms: float = 0.0):
         with self._node() as node:
+            if self.budgets:
+                set_budgets(node.endpoint)
             if name == "unary":
                 workload = S.Unary()
             elif name == "batch":
@@ -264,7 +276,8 @@ def markdown(rows: list[dict]) -> str:
 def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", duration: float = 5.0,
          repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
          server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
-         markdown_out: str | None = None, mirror: bool | str = True, usage: bool = False):
+         markdown_out: str | None = None, mirror: bool | str = True, usage: bool = False,
+         budgets: bool = False):
     """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
 
     Args:
@@ -280,6 +293,8 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
         cost, measured so that the machine's drift hits both sides alike.
       usage: Every ack of the lifecycle scenario carries a usage map (tokens, model, cost), so runs with
         and without it show what usage accounting costs.
+      budgets: Set two budgets that match every job (and never run out) before each run, so runs with and
+        without them show what budget checks, reservations and charges cost.
       server: Use this running node instead of starting a fresh one per run (results then accumulate state).
       ceiling: Also measure the bare ZeroMQ ROUTER echo at each concurrency, for the ratio.
       output: text or json (JSON lines of every run, then the medians).
@@ -292,7 +307,7 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
     modes = [True, False] if mirror == "both" else [bool(mirror)]
     bench = Bench(float(duration), int(repeats), bool(durable), server,
                   progress=(lambda line: print(line, file=sys.stderr, flush=True)), mirror=modes[0],
-                  usage=bool(usage))
+                  usage=bool(usage), budgets=bool(budgets))
     total = len(levels) * int(repeats)
     for repeat in range(int(repeats)):
         for c in levels:

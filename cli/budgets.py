@@ -1,13 +1,12 @@
 """CLI commands for budgets, held jobs and the audit trail (mixed into cli.main.Cli)."""
 from __future__ import annotations
 
-import getpass
 import time
 
 from jobbie.transport.errors import JobbieError
 
 from . import render
-from .common import _client, _fail, _fail_with, _print, _run
+from .common import _client, _fail, _fail_with, _print, _run, _who
 from .search import _follow
 from .usage import _SPAN, _UNIT_MS, time_arg
 
@@ -33,16 +32,6 @@ def _duration(value, name):
     if not m:
         _fail(f"{name} must be a duration such as 30s, 15m, 2h or 7d; got {value!r}", 2)
     return int(m.group(1)) * _UNIT_MS[m.group(2) or "ms"]
-
-
-def _who(actor):
-    """Who a person at this terminal is, for the audit trail: --actor, else the login name."""
-    if actor:
-        return str(actor)
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # no login name (a container without a passwd entry)
-        return "cli"
 
 
 def _money(x):

@@ -1,6 +1,7 @@
 """Shared plumbing of the CLI commands: run one op, print its answer, fail in one line."""
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 
@@ -26,6 +27,16 @@ def _json_arg(text, name):
 def _fail(message: str, code: int = 1):
     print(f"jobbie: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def _who(actor):
+    """Who a person at this terminal is, for the audit trail: --actor, else the login name."""
+    if actor:
+        return str(actor)
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name (a container without a passwd entry)
+        return "cli"
 
 
 def _run(server, output, op, args, to_text):

@@ -152,20 +152,22 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands):
     def bench(self, scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", duration: float = 5.0,
               repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
               server: str = None, ceiling: bool = True, output: str = "text", json_out: str = None,
-              markdown_out: str = None, mirror: str = "true", usage: bool = False):
+              markdown_out: str = None, mirror: str = "true", usage: bool = False, budgets: bool = False):
         """Load-test a node over the wire protocol (closed loop); medians of repeated runs, with the ZeroMQ ceiling.
 
         Starts a fresh node (and a bare ROUTER echo for the ceiling) per run unless --server is given.
         Scenarios: unary, batch, lifecycle, mixed, fairness. --mirror both runs each scenario with the
         mirror on and off, alternating, and reports on/off. --usage true makes every lifecycle ack carry a
-        usage map (compare with a run without it). See bench/README.md.
+        usage map (compare with a run without it); --budgets true sets two budgets every job falls under
+        (global and namespace, never spent) before each run. See bench/README.md.
         """
         from jobbie.bench.run import main as bench_main
 
         bench_main(scenarios=scenarios, concurrency=concurrency, duration=duration, repeats=repeats,
                    batch_size=batch_size, work_ms=work_ms, durable=_flag(durable), server=server,
                    ceiling=_flag(ceiling), output=output, json_out=json_out, markdown_out=markdown_out,
-                   mirror="both" if str(mirror).lower() == "both" else _flag(mirror), usage=_flag(usage))
+                   mirror="both" if str(mirror).lower() == "both" else _flag(mirror), usage=_flag(usage),
+                   budgets=_flag(budgets))
 
     def status(self, server: str = None, output: str = "text"):
         """Show the node: raft role, indexes, durability mode, actor processes."""

@@ -5,7 +5,7 @@ import re
 import time
 
 from . import render
-from .common import _fail, _run
+from .common import _fail, _run, _who
 
 _SPAN = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)?\Z")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
@@ -63,7 +63,7 @@ class PriceCli:
     """The server's price table: USD per million tokens per (provider, model)."""
 
     def set(self, model: str, input_usd: str, output_usd: str, provider: str = None, cache_read: str = None,
-            cache_write: str = None, server: str = None, output: str = "text"):
+            cache_write: str = None, note: str = None, actor: str = None, server: str = None, output: str = "text"):
         """Set MODEL's price: INPUT_USD and OUTPUT_USD per million tokens (cache prices default to INPUT_USD).
 
         Example: jobbie price set claude-sonnet 3 15 --provider anthropic --cache-read 0.3 --cache-write 3.75
@@ -75,20 +75,32 @@ class PriceCli:
           provider: Provider name (absent: this price applies whatever the provider).
           cache_read: USD per million cache-read tokens (default: the input price).
           cache_write: USD per million cache-write tokens (default: the input price).
+          note: Kept in the audit trail.
+          actor: Who you are, for the audit trail (default: cli:LOGIN).
         """
         args = {"model": str(model), "provider": provider, "input_usd_per_mtok": _price(input_usd, "INPUT_USD"),
                 "output_usd_per_mtok": _price(output_usd, "OUTPUT_USD"),
                 "cache_read_usd_per_mtok": None if cache_read is None else _price(cache_read, "--cache-read"),
-                "cache_write_usd_per_mtok": None if cache_write is None else _price(cache_write, "--cache-write")}
+                "cache_write_usd_per_mtok": None if cache_write is None else _price(cache_write, "--cache-write"),
+                "note": note, "actor": _who(actor)}
         return _run(server, output, "set_price", args, _price_set_line)
 
     def list(self, server: str = None, output: str = "text"):  # noqa: A003
         """List the price table."""
         return _run(server, output, "list_prices", {}, prices_table)
 
-    def delete(self, model: str, provider: str = None, server: str = None, output: str = "text"):
-        """Delete MODEL's price (of --provider, or the provider-less one)."""
-        return _run(server, output, "delete_price", {"model": str(model), "provider": provider},
+    def delete(self, model: str, provider: str = None, note: str = None, actor: str = None, server: str = None,
+               output: str = "text"):
+        """Delete MODEL's price (of --provider, or the provider-less one).
+
+        Args:
+          model: Model name.
+          provider: Provider name (absent: the provider-less price).
+          note: Kept in the audit trail.
+          actor: Who you are, for the audit trail (default: cli:LOGIN).
+        """
+        return _run(server, output, "delete_price", {"model": str(model), "provider": provider, "note": note,
+                                                     "actor": _who(actor)},
                     lambda r: f"deleted price of {model}")
 
 

@@ -9,7 +9,7 @@ names that could not be stored in a key.
 """
 from __future__ import annotations
 
-from .ops import _EXTRA_CHECKS, INT64_MAX, REQUEST_ID, YEAR_MS, Arg, _bad, _op, _type_name
+from .ops import _EXTRA_CHECKS, ACTOR, INT64_MAX, NOTE, REQUEST_ID, YEAR_MS, Arg, _bad, _op, _type_name
 
 #: Dimensions usage_summary groups by (and `tag:KEY` for any tag key).
 GROUP_DIMENSIONS = ("queue", "namespace", "model", "provider", "day", "hour")
@@ -39,13 +39,13 @@ _op("set_price", "write", "Set (or replace) the price of a model: USD per millio
         _price("output_usd_per_mtok", "output", required=True),
         _price("cache_read_usd_per_mtok", "cache-read", default_note=" Default: the input price."),
         _price("cache_write_usd_per_mtok", "cache-write", default_note=" Default: the input price."),
-        REQUEST_ID,
+        NOTE, ACTOR, REQUEST_ID,
     ), ok=("provider", "model", "input_usd_per_mtok", "output_usd_per_mtok", "cache_read_usd_per_mtok",
            "cache_write_usd_per_mtok", "created_at", "updated_at", "replaced"))
 _op("list_prices", "read", "The price table, by provider then model.", (), ok=("prices",))
 _op("delete_price", "write", "Delete a model's price; later reports of it are taken at their reported cost "
     "(or counted unmetered).", (PROVIDER, Arg("model", "str", "Model name.", required=True, length_max=256),
-                               REQUEST_ID), ok=(), errors=("NOT_FOUND",))
+                               NOTE, ACTOR, REQUEST_ID), ok=(), errors=("NOT_FOUND",))
 
 _TIME = dict(kind="int", low=0, high=INT64_MAX)
 
