@@ -59,7 +59,7 @@ class Apply:
     """One op's view of the store: its transaction, the state clock and helpers."""
 
     def __init__(self, txn, dbs, now: int, changes: Changes, op_name: str | None = None, who: str | None = None,
-                 note: str | None = None):
+                 note: str | None = None, book: "budgets.Book | None" = None):
         self.txn = txn
         self.db = dbs
         self.now = now
@@ -68,7 +68,10 @@ class Apply:
         self.op_name = op_name
         self.who = who or "server"
         self.note = note
-        self._budgets_n = None
+        #: Budget records: the entry's (storage/budgets.py Book) and this op's own copies of them.
+        self.book = book
+        self.budget_work: dict = {}
+        self.budget_admin = op_name in budgets.ADMIN_OPS
 
     # ---------------------------------------------------------------- records
     def get(self, db, key: bytes):

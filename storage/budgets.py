@@ -41,11 +41,12 @@ import calendar
 import hashlib
 import time
 
+from jobbie.transport.codec import encode
 from jobbie.transport.errors import error_result
 
 from . import audit
 from . import keys as K
-from .usage import TOKEN_FIELDS, namespace
+from .usage import namespace
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -113,16 +114,27 @@ def _live_buckets(b: dict, now: int) -> list:
 
 def spent(b: dict, now: int) -> tuple[int, int]:
     """(micro-USD, tokens) spent in the window of `now`."""
-    if b["window"] == "hours":
-        live = _live_buckets(b, now)
-        return sum(x[1] for x in live), sum(x[2] for x in live)
-    if b.get("window_start") != window_start(b, now):
-        return 0, 0
-    return b["spent_musd"], b["spent_tokens"]
+    w = b["window"]
+    if w == "hours":
+        oldest = now - now % HOUR_MS - (b["hours"] - 1) * HOUR_MS
+        m = t = 0
+        for hour, bm, bt in reversed(b["buckets"]):  # oldest first, so stop at the first one out
+            if hour < oldest:
+                break
+            m += bm
+            t += bt
+        return m, t
+    if w == "total":
+        return b["spent_musd"], b["spent_tokens"]
+    end = b.get("window_end")
+    if end is not None and b["window_start"] <= now < end:
+        return b["spent_musd"], b["spent_tokens"]
+    return 0, 0
 
 
 def _charge(b: dict, now: int, musd: int, tokens: int):
-    if b["window"] == "hours":
+    w = b["window"]
+    if w == "hours":
         hour = now - now % HOUR_MS
         live = _live_buckets(b, now)
         if live and live[-1][0] == hour:
@@ -131,20 +143,27 @@ def _charge(b: dict, now: int, musd: int, tokens: int):
             live.append([hour, max(0, musd), max(0, tokens)])
         b["buckets"] = live
         return
-    start = window_start(b, now)
-    if b.get("window_start") != start:
-        b["window_start"], b["spent_musd"], b["spent_tokens"] = start, 0, 0
+    if w != "total":
+        end = b.get("window_end")
+        if end is None or not b["window_start"] <= now < end:  # a new window: its spend starts at 0
+            b["window_start"], b["window_end"] = window_start(b, now), reset_at(b, now)
+            b["spent_musd"] = b["spent_tokens"] = 0
     b["spent_musd"] = max(0, b["spent_musd"] + musd)
     b["spent_tokens"] = max(0, b["spent_tokens"] + tokens)
+
+
+def over(b: dict, s_musd: int, s_tokens: int, extra_musd: int = 0) -> bool:
+    """With this spend (and `extra_musd` more), is the budget spent?"""
+    limit = b["limit_musd"]
+    if limit is not None and (s_musd + extra_musd > limit or (extra_musd == 0 and s_musd >= limit)):
+        return True
+    return b["limit_tokens"] is not None and s_tokens >= b["limit_tokens"]
 
 
 def exhausted(b: dict, now: int, extra_musd: int = 0) -> bool:
     """Is the budget spent (with `extra_musd` more)? `alert` budgets count too; callers decide."""
     s_musd, s_tokens = spent(b, now)
-    if b.get("limit_musd") is not None and (s_musd + extra_musd > b["limit_musd"]
-                                           or (extra_musd == 0 and s_musd >= b["limit_musd"])):
-        return True
-    return b.get("limit_tokens") is not None and s_tokens >= b["limit_tokens"]
+    return over(b, s_musd, s_tokens, extra_musd)
 
 
 def view(b: dict, now: int) -> dict:
@@ -178,30 +197,130 @@ def scopes_of(queue: str, tags: dict | None) -> list[bytes]:
     return out
 
 
+class Book:
+    """The budget records of one raft entry, decoded once and written once.
+
+    Every op of an entry that is budgeted reads the same few budget records; decoding and
+    re-encoding them per op was most of what budgets cost. So `get` decodes a record the first
+    time the entry needs it and hands each op a copy of its own (`Apply.budget_work`); the op's
+    copies replace the entry's records when the op commits (`commit`) and vanish with it when it
+    is refused; `flush` writes the changed records once, at the end of the entry, in the entry's
+    own transaction. The scope index and the budget count are cached the same way, and dropped
+    after an op that changes them (set_budget, delete_budget), which reads them from LMDB.
+    """
+
+    __slots__ = ("base", "dirty", "scopes", "by_queue", "count")
+
+    def __init__(self):
+        self.base: dict[str, dict | None] = {}
+        self.dirty: set[str] = set()
+        self.scopes: dict[bytes, tuple] = {}
+        self.by_queue: dict[str, list] = {}  # budget ids of an untagged job of that queue
+        self.count: int | None = None
+
+    def commit(self, work: dict):
+        if work:
+            self.base.update(work)
+            self.dirty.update(work)
+
+    def forget_index(self):
+        self.scopes.clear()
+        self.by_queue.clear()
+        self.count = None
+
+    def flush(self, txn, dbs):
+        for budget_id in sorted(self.dirty):
+            rec = self.base[budget_id]
+            if rec is None:
+                txn.delete(budget_id.encode(), db=dbs["budgets"])
+            else:
+                txn.put(budget_id.encode(), encode(rec), db=dbs["budgets"])
+        self.dirty.clear()
+
+
+#: Ops that change the scope index and the budget count (they bypass the Book's caches of them).
+ADMIN_OPS = frozenset({"set_budget", "delete_budget"})
+
+
+def get(a, budget_id: str) -> dict | None:
+    """The budget record as this op sees it (its own copy: change it, then `save`)."""
+    work = a.budget_work
+    if budget_id in work:
+        return work[budget_id]
+    book = a.book
+    if book is None:  # an Apply outside apply_batch: straight to LMDB
+        return a.get("budgets", budget_id.encode())
+    if budget_id in book.base:
+        base = book.base[budget_id]
+    else:
+        base = book.base[budget_id] = a.get("budgets", budget_id.encode())
+    rec = None
+    if base is not None:
+        rec = dict(base)
+        rec["buckets"] = list(base.get("buckets") or ())
+    work[budget_id] = rec
+    return rec
+
+
+def save(a, b: dict):
+    if a.book is None:
+        a.put("budgets", b["id"].encode(), b)
+    else:
+        a.budget_work[b["id"]] = b
+
+
+def drop(a, budget_id: str):
+    if a.book is None:
+        a.txn.delete(budget_id.encode(), db=a.db["budgets"])
+    else:
+        a.budget_work[budget_id] = None
+
+
 def any_budgets(a) -> bool:
-    n = getattr(a, "_budgets_n", None)
-    if n is None:
-        n = a._budgets_n = a.meta_int(COUNT)
-    return n > 0
+    book = a.book
+    if book is not None and not a.budget_admin:
+        if book.count is None:
+            book.count = a.meta_int(COUNT)
+        return book.count > 0
+    return a.meta_int(COUNT) > 0
+
+
+def _scope_ids(a, key: bytes):
+    book = a.book
+    if book is None or a.budget_admin:
+        return a.get("budget_scope", key) or ()
+    ids = book.scopes.get(key)
+    if ids is None:
+        ids = book.scopes[key] = tuple(a.get("budget_scope", key) or ())
+    return ids
+
+
+def layer_ids(a, queue: str, tags: dict | None) -> list[str]:
+    """Ids of the budgets whose scope matches a job of `queue` with `tags`, in id order."""
+    book = a.book
+    cached = not tags and book is not None and not a.budget_admin
+    if cached and queue in book.by_queue:
+        return book.by_queue[queue]
+    ids = []
+    for key in scopes_of(queue, tags):
+        ids.extend(_scope_ids(a, key))
+    if len(ids) > 1:
+        ids = sorted(set(ids))
+    if cached:
+        book.by_queue[queue] = ids
+    return ids
 
 
 def layers(a, queue: str, tags: dict | None) -> list[dict]:
     """Every budget record whose scope matches a job of `queue` with `tags`, in id order."""
     if not any_budgets(a):
         return []
-    ids = []
-    for key in scopes_of(queue, tags):
-        ids.extend(a.get("budget_scope", key) or ())
     out = []
-    for budget_id in sorted(set(ids)):
-        b = a.get("budgets", budget_id.encode())
+    for budget_id in layer_ids(a, queue, tags):
+        b = get(a, budget_id)
         if b is not None:
             out.append(b)
     return out
-
-
-def save(a, b: dict):
-    a.put("budgets", b["id"].encode(), b)
 
 
 def job_cap_musd(job: dict) -> int | None:
@@ -212,8 +331,11 @@ def job_cap_musd(job: dict) -> int | None:
 
 
 def job_spent(job: dict) -> tuple[int, int]:
-    total = job.get("usage_total") or {}
-    return to_musd(total.get("cost_usd")), sum(total.get(t, 0) for t in TOKEN_FIELDS)
+    total = job.get("usage_total")
+    if not total:
+        return 0, 0
+    return (to_musd(total.get("cost_usd")), total.get("input_tokens", 0) + total.get("output_tokens", 0)
+            + total.get("cache_read_tokens", 0) + total.get("cache_write_tokens", 0))
 
 
 def is_budgeted(a, job: dict) -> bool:
@@ -262,14 +384,14 @@ def admit(a, job: dict) -> tuple[str, str | None, bool]:
             continue
         estimate = own if own is not None else b.get("avg_attempt_musd")
         e = estimate or 0
-        if exhausted(b, a.now, e):
+        s_musd, s_tokens = spent(b, a.now)
+        if over(b, s_musd, s_tokens, e):
             if b["on_exceed"] == "hold":
                 return "hold", f"budget:{b['id']}", False
             return "wait", b["id"], b["scope"] != "tag"
-        if b.get("limit_musd") is not None:
-            s_musd, _ = spent(b, a.now)
-            if s_musd + b["reserved_musd"] + e > b["limit_musd"] or (estimate is None and b["inflight"] > 0):
-                return "wait", b["id"], b["scope"] != "tag"
+        if b["limit_musd"] is not None and (s_musd + b["reserved_musd"] + e > b["limit_musd"]
+                                            or (estimate is None and b["inflight"] > 0)):
+            return "wait", b["id"], b["scope"] != "tag"
         plan.append((b, e))
     reserved = {}
     for b, e in plan:
@@ -290,7 +412,7 @@ def release(a, job: dict, final_musd: int | None = None):
         return
     attempt_musd = final_musd
     for budget_id, left in sorted(reserved.items()):
-        b = a.get("budgets", budget_id.encode())
+        b = get(a, budget_id)
         if b is None:
             continue
         b["reserved_musd"] = max(0, b["reserved_musd"] - left)
@@ -370,7 +492,7 @@ def note_held(a, job: dict):
     budget_id = budget_of(job.get("hold_reason"))
     if budget_id is None or budget_id == "job":
         return
-    b = a.get("budgets", budget_id.encode())
+    b = get(a, budget_id)
     if b is None:
         return
     a.txn.put(K.budget_held_key(budget_id, job["id"]), b"", db=a.db["budget_held"])
@@ -387,7 +509,7 @@ def note_released(a, job: dict):
         return
     if not a.txn.delete(K.budget_held_key(budget_id, job["id"]), db=a.db["budget_held"]):
         return
-    b = a.get("budgets", budget_id.encode())
+    b = get(a, budget_id)
     if b is not None:
         b["held"] = max(0, b["held"] - 1)
         save(a, b)
@@ -409,7 +531,7 @@ def held_jobs(a, budget_id: str, limit: int) -> list[str]:
 
 #: Counter fields a replaced budget keeps (its window's spend only when the window is unchanged).
 _KEPT = ("reserved_musd", "inflight", "held", "avg_attempt_musd", "alerts", "created_at")
-_WINDOW_KEPT = ("window_start", "spent_musd", "spent_tokens", "buckets")
+_WINDOW_KEPT = ("window_start", "window_end", "spent_musd", "spent_tokens", "buckets")
 
 
 def _index(a, b: dict, add: bool):
@@ -426,14 +548,14 @@ def _index(a, b: dict, add: bool):
 
 def handle_set_budget(a, args: dict, ids: list) -> dict:
     budget_id = args["budget_id"]
-    old = a.get("budgets", budget_id.encode())
+    old = get(a, budget_id)
     b = {"id": budget_id, "scope": args["scope"], "target": args.get("target") or "",
          "limit_musd": None if args.get("limit_usd") is None else to_musd(args["limit_usd"]),
          "limit_tokens": args.get("limit_tokens"), "window": args["window"], "hours": args.get("hours"),
          "on_exceed": args["on_exceed"], "alert_queue": args.get("alert_queue"),
          "hold_timeout_ms": args.get("hold_timeout_ms"), "timeout_action": args.get("timeout_action"),
          "note": args.get("note"), "created_at": a.now, "updated_at": a.now,
-         "window_start": None, "spent_musd": 0, "spent_tokens": 0, "buckets": [],
+         "window_start": None, "window_end": None, "spent_musd": 0, "spent_tokens": 0, "buckets": [],
          "reserved_musd": 0, "inflight": 0, "held": 0, "avg_attempt_musd": None, "alerts": 0}
     if old is not None:
         for k in _KEPT:
@@ -444,7 +566,6 @@ def handle_set_budget(a, args: dict, ids: list) -> dict:
         _index(a, old, add=False)
     else:
         a.set_meta_int(COUNT, a.meta_int(COUNT) + 1)
-        a._budgets_n = None
     _index(a, b, add=True)
     was = old is not None and exhausted(old, a.now)
     save(a, b)
@@ -459,13 +580,12 @@ def handle_set_budget(a, args: dict, ids: list) -> dict:
 
 def handle_delete_budget(a, args: dict, ids: list) -> dict:
     budget_id = args["budget_id"]
-    b = a.get("budgets", budget_id.encode())
+    b = get(a, budget_id)
     if b is None:
         return error_result("NOT_FOUND", f"budget {budget_id} not found", "budget_id")
     _index(a, b, add=False)
-    a.txn.delete(budget_id.encode(), db=a.db["budgets"])
+    drop(a, budget_id)
     a.set_meta_int(COUNT, max(0, a.meta_int(COUNT) - 1))
-    a._budgets_n = None
     audit.record(a, "budget_deleted", budget_id=budget_id, note=args.get("note"),
                  details={"held": b["held"], "spent_usd": usd(spent(b, a.now)[0])})
     return {"ok": {"held": b["held"]}}

@@ -46,7 +46,7 @@ def hold(a, job: dict, reason: str, event: str, payload=_UNSET, timeout_ms: int 
 def budget_timeout(a, reason: str | None) -> tuple[int | None, str | None]:
     """The hold time-out and action of the budget a hold reason names, if any."""
     b_id = budgets.budget_of(reason)
-    b = a.get("budgets", b_id.encode()) if b_id and b_id != "job" else None
+    b = budgets.get(a, b_id) if b_id and b_id != "job" else None
     if b is None:
         return None, None
     return b.get("hold_timeout_ms"), b.get("timeout_action")
@@ -105,7 +105,7 @@ def _extend(a, job: dict, extend: dict, done: set) -> dict | None:
         return None
     if b_id in done:
         return None
-    b = a.get("budgets", b_id.encode())
+    b = budgets.get(a, b_id)
     if b is None:
         return error_result("NOT_FOUND", f"budget {b_id} that held job {job['id']} no longer exists; approve "
                             "without extend", "extend", "budget_gone")
@@ -213,7 +213,7 @@ def budget_windows(a, due: list, limit: int) -> int:
     a.note = "budget window reset"
     for at, budget_id in due:
         a.txn.delete(K.time_key(at, budget_id), db=a.db["budget_resume"])
-        b = a.get("budgets", budget_id.encode())
+        b = budgets.get(a, budget_id)
         if b is None or not b["held"]:
             continue
         if budgets.exhausted(b, a.now):  # a rolling window that has not freed enough yet
@@ -231,7 +231,7 @@ def budget_windows(a, due: list, limit: int) -> int:
             a.move(job, PENDING, "tick: budget window reset")
             a.save_job(job)
             n += 1
-        b = a.get("budgets", budget_id.encode())
+        b = budgets.get(a, budget_id)
         if b is not None and b["held"]:
             a.txn.put(K.time_key(a.now, budget_id), b"", db=a.db["budget_resume"])  # more: next tick
     a.note = saved_note

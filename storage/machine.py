@@ -389,6 +389,7 @@ def apply_batch(store, txn, raft_index: int, ops: list) -> tuple[list | None, Ch
         return None, changes
     clock = K.read_u64(txn.get(b"clock", db=dbs["meta"]) or K.u64(0))
     results = []
+    book = budgets.Book()
     for op in ops:
         now = op.get("now", 0) if isinstance(op, dict) else 0
         if now is None:
@@ -397,13 +398,14 @@ def apply_batch(store, txn, raft_index: int, ops: list) -> tuple[list | None, Ch
             results.append(error_result("INTERNAL", "op carries an invalid `now` stamp", "now", "apply_failed"))
             continue
         clock = max(clock, now)
-        results.append(_apply_one(store.env, txn, dbs, clock, op, changes))
+        results.append(_apply_one(store.env, txn, dbs, clock, op, changes, book))
+    book.flush(txn, dbs)
     txn.put(b"clock", K.u64(clock), db=dbs["meta"])
     txn.put(b"applied_index", K.u64(raft_index), db=dbs["meta"])
     return results, changes
 
 
-def _apply_one(env, txn, dbs, now: int, op: dict, changes: Changes) -> dict:
+def _apply_one(env, txn, dbs, now: int, op: dict, changes: Changes, book: budgets.Book | None = None) -> dict:
     child = env.begin(write=True, parent=txn)
     op_changes = Changes()
     name = None
@@ -424,14 +426,20 @@ def _apply_one(env, txn, dbs, now: int, op: dict, changes: Changes) -> dict:
                     return first_result
                 return error_result("FAILED_PRECONDITION", f"request_id {request_id} was already used for a "
                                     "different request", "request_id", "request_id_reused")
-        apply = Apply(child, dbs, now, op_changes, name, args.get("actor") or op.get("who"), args.get("note"))
-        result = handler(apply, args, op.get("ids") or [])
+        apply = Apply(child, dbs, now, op_changes, name, args.get("actor") or op.get("who"), args.get("note"), book)
+        try:
+            result = handler(apply, args, op.get("ids") or [])
+        finally:
+            if apply.budget_admin and book is not None:
+                book.forget_index()  # it read and changed them in LMDB, past the caches
         if "err" in result:
             child.abort()
             return result
         if request_id is not None:
             child.put(request_id.encode(), encode([name, fingerprint(name, args), result, now]), db=dbs["dedupe"])
             child.put(K.time_key(now, request_id), b"", db=dbs["dedupe_at"])
+        if book is not None:
+            book.commit(apply.budget_work)
         child.commit()
     except lmdb.Error:
         child.abort()
