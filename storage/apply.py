@@ -11,7 +11,7 @@ from __future__ import annotations
 from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import check
 
-from . import budgets, holds
+from . import agents, budgets, holds
 from . import keys as K
 from . import usage as usage_rules
 from .states import (ACTIVE, CANCELLED, COMPLETED, DEAD, HELD, PENDING, RETRYING, SCHEDULED, STATES,
@@ -273,6 +273,8 @@ class Apply:
             while cur.key().startswith(prefix):
                 if not cur.delete():
                     break
+        if job.get("agent") is not None:
+            agents.delete_records(self, job["id"])
         self.txn.delete(job["id"].encode(), db=self.db["jobs"])
         self.changes.jobs.append(job["id"])
 
@@ -343,8 +345,8 @@ class Apply:
 def after_failed_attempt(a: Apply, job, event: str):
     """Move an active job whose attempt failed; returns (next_attempt_at, attempts_remaining)."""
     expired = job.get("expire_at") is not None and a.now >= job["expire_at"]
-    # Paused attempts (budget holds) do not count against max_retries.
-    remaining = max(0, job["max_retries"] + 1 - job["attempt"] + job.get("pauses", 0))
+    # Paused attempts (budget holds) and finished agent iterations do not count against max_retries.
+    remaining = max(0, job["max_retries"] + 1 - job["attempt"] + job.get("free_attempts", 0))
     if job["cancel_requested"]:
         a.move(job, CANCELLED, event)
         next_at, remaining = None, 0

@@ -330,6 +330,13 @@ def job_cap_musd(job: dict) -> int | None:
     return None if cap is None else to_musd(cap)
 
 
+def cap_reason(job: dict) -> str:
+    """The hold reason of a job's own cap: `max_cost` for an agent's guardrail, else `budget:job`."""
+    if job.get("budget_usd") is None and (job.get("agent") or {}).get("max_cost_usd") is not None:
+        return "max_cost"
+    return "budget:job"
+
+
 def job_spent(job: dict) -> tuple[int, int]:
     total = job.get("usage_total")
     if not total:
@@ -374,7 +381,7 @@ def admit(a, job: dict) -> tuple[str, str | None, bool]:
     cap = job_cap_musd(job)
     spent_musd, _ = job_spent(job)
     if cap is not None and "job" not in override and spent_musd >= cap:
-        return "hold", "budget:job", False
+        return "hold", cap_reason(job), False
     own = max(0, cap - spent_musd) if cap is not None else None
     if own is None and job.get("estimate_usd") is not None:
         own = to_musd(job["estimate_usd"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from jobbie.transport.errors import error_result
 
-from . import audit, budgets
+from . import agents, audit, budgets
 from . import keys as K
 from .states import CANCELLED, HELD, PENDING
 
@@ -94,7 +94,10 @@ def _targets(args: dict):
 
 def _extend(a, job: dict, extend: dict, done: set) -> dict | None:
     """Apply an approval's `extend` to what held the job (once per budget per op); a refusal or None."""
-    b_id = budgets.budget_of(job.get("hold_reason"))
+    reason = job.get("hold_reason")
+    if reason in agents.GUARDRAILS and agents.is_agent(job):
+        return agents.extend(job, extend, reason)
+    b_id = budgets.budget_of(reason)
     if b_id is None:
         return error_result("FAILED_PRECONDITION", f"job {job['id']} is held for {job.get('hold_reason')!r}, "
                             "not by a budget; approve it without extend", "extend", "no_budget_hold")
@@ -122,15 +125,23 @@ def _extend(a, job: dict, extend: dict, done: set) -> dict | None:
     return None
 
 
-def approve(a, job: dict, extend: dict | None, done: set, event: str = "approve_job") -> dict | None:
+def approve(a, job: dict, extend: dict | None, done: set, event: str = "approve_job", payload=None
+            ) -> dict | None:
     """Approve one held job; a refusal, or None once it is pending."""
     if extend:
         refusal = _extend(a, job, extend, done)
         if refusal is not None:
             return refusal
-    b_id = budgets.budget_of(job.get("hold_reason"))
+    reason = job.get("hold_reason")
+    b_id = budgets.budget_of(reason)
     if b_id is not None and not extend:
         job["budget_override"] = [b_id]  # approved past the budget that held it, for its next attempt
+    if agents.is_agent(job):
+        job["approval"] = agents.approval(a, job, "approved", payload)
+        if reason in agents.GUARDRAILS and not extend:
+            job["guard_override"] = reason  # one more iteration past that guardrail
+            if reason == agents.MAX_COST:
+                job["budget_override"] = ["job"]
     audit.record(a, "approved", job_id=job["id"], queue=job["queue"], reason=job.get("hold_reason"),
                  note=a.note, event=event)
     job["run_at"] = a.now
@@ -139,11 +150,17 @@ def approve(a, job: dict, extend: dict | None, done: set, event: str = "approve_
     return None
 
 
-def reject(a, job: dict, event: str = "reject_job"):
+def reject(a, job: dict, event: str = "reject_job", revise: bool = False, payload=None):
+    """Reject one held job: cancelled, or (an agent job, with `revise`) back to pending with the feedback."""
     audit.record(a, "rejected", job_id=job["id"], queue=job["queue"], reason=job.get("hold_reason"),
-                 note=a.note, event=event)
-    job["last_error"] = f"rejected: {a.note}" if a.note else "rejected"
-    a.move(job, CANCELLED, event)
+                 note=a.note, event=event, details={"revise": True} if revise else None)
+    if revise:
+        job["approval"] = agents.approval(a, job, "revise", payload)
+        job["run_at"] = a.now
+        a.move(job, PENDING, "reject_job with revise")
+    else:
+        job["last_error"] = f"rejected: {a.note}" if a.note else "rejected"
+        a.move(job, CANCELLED, event)
     a.save_job(job)
 
 
@@ -158,10 +175,14 @@ def _decide(a, args: dict, verb: str) -> dict:
             refusal = error_result("FAILED_PRECONDITION", f"job {job_id} is {job['state']}, not held; only held "
                                    f"jobs can be {verb}d", "job_id", "wrong_state")
         elif verb == "approve":
-            refusal = approve(a, job, args.get("extend"), done)
+            refusal = approve(a, job, args.get("extend"), done, payload=args.get("payload"))
+        elif args.get("revise") and not agents.is_agent(job):
+            refusal = error_result("FAILED_PRECONDITION", f"job {job_id} is not an agent job: revise sends "
+                                   "feedback to an agent's next iteration; reject it without revise",
+                                   "revise", "not_agent_job")
         else:
             refusal = None
-            reject(a, job)
+            reject(a, job, revise=bool(args.get("revise")), payload=args.get("payload"))
         if refusal is not None:
             if single:
                 return refusal
@@ -170,7 +191,7 @@ def _decide(a, args: dict, verb: str) -> dict:
         affected += 1
     out = {"affected": affected, "errors": errors}
     if single:
-        out["state"] = PENDING if verb == "approve" else CANCELLED
+        out["state"] = PENDING if verb == "approve" or args.get("revise") else CANCELLED
     return {"ok": out}
 
 

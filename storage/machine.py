@@ -32,7 +32,7 @@ import lmdb
 from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import InvariantViolation, check, error_result
 
-from . import budgets, holds, management, schedules, tick, usage
+from . import agents, budgets, holds, management, schedules, tick, usage
 from . import keys as K
 from .apply import (DEDUPE_TTL_MS, ERRORS_KEPT, Apply, Changes, _ok,  # noqa: F401 (re-exported)
                     after_failed_attempt as _after_failed_attempt, backoff_ms)
@@ -160,13 +160,20 @@ def handle_fetch(a: Apply, args: dict, ids: list) -> dict:
         job["worker_id"] = worker_id
         job["hostname"] = args.get("hostname")
         job["lease_ms"] = lease_ms
-        job["lease_expires_at"] = a.now + lease_ms
         job["started_at"] = a.now
+        if job["agent"] is not None:
+            agents.on_fetch(job, a.now)
+            job["lease_expires_at"] = agents.lease_until(job, a.now, lease_ms)
+        else:
+            job["lease_expires_at"] = a.now + lease_ms
         a.move(job, ACTIVE, "fetch")
         a.save_job(job)
-        out.append({"job_id": job["id"], "queue": job["queue"], "payload": job["payload"],
-                    "attempt": job["attempt"], "max_retries": job["max_retries"], "lease_ms": lease_ms,
-                    "checkpoint": job["checkpoint"], "tags": job["tags"], "agent": job["agent"]})
+        leased = {"job_id": job["id"], "queue": job["queue"], "payload": job["payload"],
+                  "attempt": job["attempt"], "max_retries": job["max_retries"], "lease_ms": lease_ms,
+                  "checkpoint": job["checkpoint"], "tags": job["tags"], "agent": job["agent"]}
+        if job["agent"] is not None:
+            leased.update(agents.fetch_fields(job))
+        out.append(leased)
         taken[q] = taken.get(q, 0) + 1
         if room[q] is not None and taken[q] >= room[q] and best in heads:
             heads.remove(best)  # this queue's concurrency or throttle is used up
@@ -200,6 +207,11 @@ def handle_ack(a: Apply, args: dict, ids: list) -> dict:
         if job is not None and job["state"] == COMPLETED and (attempt is None or attempt == job["attempt"]):
             return _ok(state=COMPLETED)  # the same ack again: same answer
         return refusal
+    status = args.get("agent_status") or "done"
+    agent = job["agent"] is not None
+    if status == "continue" and not agent:
+        return error_result("FAILED_PRECONDITION", f"job {job['id']} is not an agent job (enqueued without "
+                            "`agent`): it cannot continue; ack it done or hold", "agent_status", "not_agent_job")
     job["result"] = args.get("result")
     if "trace" in args:
         job["trace"] = args["trace"]
@@ -208,7 +220,14 @@ def handle_ack(a: Apply, args: dict, ids: list) -> dict:
     a.record_usage(job, args.get("usage"), final=True)
     a.end_attempt(job)
     job.pop("pause", None)
-    if args.get("agent_status") == "hold":
+    if agent:
+        if status == "continue":
+            state = agents.continue_(a, job, args, budgets.job_spent(job)[0], holds.hold)
+            job["lease_expires_at"] = None
+            a.save_job(job)
+            return _ok(state=state, iteration=job["iteration"])
+        agents.ended(a, job, status, args)
+    if status == "hold":
         holds.hold(a, job, args.get("hold_reason") or "held by the worker", "ack with agent_status hold",
                    payload=args.get("hold_payload"), timeout_ms=args.get("hold_timeout_ms"),
                    action=args.get("timeout_action"))
@@ -231,11 +250,13 @@ def handle_fail(a: Apply, args: dict, ids: list) -> dict:
     a.record_usage(job, args.get("usage"), final=True)
     a.record_error(job, args.get("error") or "", args.get("backtrace"))
     a.end_attempt(job)
+    if job["agent"] is not None:
+        agents.failed(a, job, args.get("error") or "")
     if job.get("pause") and not job["cancel_requested"]:
         pause_attempt(a, job, "fail after budget_exceeded")
         a.save_job(job)
         return _ok(state=HELD, next_attempt_at=None,
-                   attempts_remaining=max(0, job["max_retries"] + 1 - job["attempt"] + job["pauses"]))
+                   attempts_remaining=max(0, job["max_retries"] + 1 - job["attempt"] + job["free_attempts"]))
     next_at, remaining = _after_failed_attempt(a, job, "fail")
     a.save_job(job)
     return _ok(state=job["state"], next_attempt_at=next_at, attempts_remaining=remaining)
@@ -243,7 +264,7 @@ def handle_fail(a: Apply, args: dict, ids: list) -> dict:
 
 def pause_attempt(a: Apply, job: dict, event: str):
     """The attempt of a job whose budget ran out ended: hold it, checkpoint kept, attempt not counted."""
-    job["pauses"] = job.get("pauses", 0) + 1
+    job["free_attempts"] = job.get("free_attempts", 0) + 1
     holds.hold(a, job, job.pop("pause"), event)
     job["lease_expires_at"] = None
 
@@ -264,12 +285,13 @@ def handle_heartbeat(a: Apply, args: dict, ids: list) -> dict:
             job["checkpoint"] = entry["checkpoint"]
         spent_layers = a.record_usage(job, entry.get("usage"))
         if spent_layers and not job.get("pause"):
-            job["pause"] = f"budget:{spent_layers[0]}"
+            job["pause"] = budgets.cap_reason(job) if spent_layers[0] == "job" else f"budget:{spent_layers[0]}"
         if job["cancel_requested"]:
             status = "cancel"
         else:
             a.unindex(job)
-            job["lease_expires_at"] = a.now + job["lease_ms"]
+            job["lease_expires_at"] = (a.now + job["lease_ms"] if job["agent"] is None
+                                       else agents.lease_until(job, a.now, job["lease_ms"]))
             a.index(job)
             status = "ok"
         a.save_job(job)
@@ -366,6 +388,7 @@ HANDLERS = {
     **usage.HANDLERS,
     **budgets.HANDLERS,
     **holds.HANDLERS,
+    **agents.HANDLERS,
     "tick": tick.handle_tick,
 }
 

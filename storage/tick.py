@@ -26,7 +26,7 @@ from __future__ import annotations
 from jobbie.transport.codec import decode_trusted
 from jobbie.transport.errors import check
 
-from . import holds
+from . import agents, holds
 from . import keys as K
 from .apply import DEDUPE_TTL_MS, Apply, _ok, after_failed_attempt
 from .queues import window_reopens_at
@@ -133,10 +133,14 @@ def handle_tick(a: Apply, args: dict, ids: list) -> dict:
     for _, job_id in _due(a, "leases", limit):
         job = a.job(job_id)
         check(job is not None and job["state"] == ACTIVE, f"lease index holds {job_id} wrongly")
-        a.record_error(job, "lease expired")
+        deadline = job.get("iteration_deadline")
+        error = "iteration timed out" if deadline is not None and a.now >= deadline else "lease expired"
+        a.record_error(job, error)
         a.end_attempt(job)
+        if job.get("agent") is not None:
+            agents.failed(a, job, error)
         if job.get("pause") and not job["cancel_requested"]:
-            job["pauses"] = job.get("pauses", 0) + 1
+            job["free_attempts"] = job.get("free_attempts", 0) + 1
             holds.hold(a, job, job.pop("pause"), "tick: lease expired after budget_exceeded")
             job["lease_expires_at"] = None
         else:

@@ -106,6 +106,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "already_finished": ("FAILED_PRECONDITION", "`cancel_job` of a `completed` or `dead` job."),
     "wrong_state": ("FAILED_PRECONDITION", "`retry_job` of a `pending`, `active` or `held` job; `approve_job` / "
                     "`reject_job` of a job that is not `held`."),
+    "not_agent_job": ("FAILED_PRECONDITION", "`ack` with `agent_status: continue`, `reject_job` with `revise`, or "
+                      "`replay_job` of a job enqueued without `agent`."),
     "no_budget_hold": ("FAILED_PRECONDITION", "`approve_job` with `extend` for a job that no budget holds."),
     "budget_gone": ("NOT_FOUND", "`approve_job` with `extend` for a job whose budget was deleted (`field` "
                     "`extend`)."),

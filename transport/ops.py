@@ -143,10 +143,16 @@ BACKOFF = Arg("backoff", "struct", "Delay between attempts.", fields=(
     Arg("max_ms", "int", low=0, high=30 * DAY_MS, default=600_000),
 ))
 
-AGENT = Arg("agent", "struct", "Agent-loop guardrails (stored with the job).", fields=(
-    Arg("max_iterations", "int", low=1, high=100_000),
-    Arg("max_cost_usd", "float", low=0, high=1e9),
-    Arg("iteration_timeout", "int", low=1, high=YEAR_MS),
+AGENT = Arg("agent", "struct", "Makes the job an agent loop: one iteration per fetch, `agent_status` on ack says "
+            "what comes next, and the server enforces these guardrails (docs/ai.md, agent loops).", fields=(
+    Arg("max_iterations", "int", "Iterations at most; the one that reaches it holds the job (max_iterations).",
+        low=1, high=100_000),
+    Arg("max_cost_usd", "float", "Spend cap over all iterations: reserved at fetch, checked at heartbeat and "
+        "after each iteration; reaching it holds the job (max_cost).", low=0, high=1e9),
+    Arg("iteration_timeout", "int", "Milliseconds one attempt of an iteration may take: its lease ends there "
+        "whatever the heartbeats, and the attempt counts as failed.", low=1000, high=YEAR_MS),
+    Arg("loop_window", "int", "This many identical consecutive iterations (same checkpoint and result) hold "
+        "the job (loop_detected); default 3.", low=2, high=100),
 ))
 
 HOLD_TIMEOUT = Arg("hold_timeout_ms", "int", "While held, act on the job after this long (see "
@@ -218,14 +224,17 @@ _op("ack", "write", "Complete an active job.", (
     Arg("result", "any", "Stored with the job."),
     USAGE,
     Arg("checkpoint", "any"),
-    Arg("agent_status", "str", "done (the default: the job completes) or hold (the job goes `held` with "
-        "hold_reason and hold_payload, for a person to approve or reject).", choices=("done", "hold")),
+    Arg("agent_status", "str", "done (the default: the job completes), hold (the job goes `held` with "
+        "hold_reason and hold_payload, for a person to approve or reject), or continue (agent jobs: the "
+        "iteration is recorded, the guardrails checked, and the job goes back to pending for its next "
+        "iteration with this checkpoint).", choices=("done", "hold", "continue")),
     Arg("hold_reason", "str", "With agent_status hold: why.", length_max=4096),
     Arg("hold_payload", "any", "With agent_status hold: what the person deciding needs to see."),
     HOLD_TIMEOUT, TIMEOUT_ACTION,
     Arg("trace", "any", "Stored with the job (`trace`)."),
     REQUEST_ID,
-), ok=("state",), errors=("NOT_FOUND", "FAILED_PRECONDITION/lease_lost"))
+), ok=("state", "iteration"), errors=("NOT_FOUND", "FAILED_PRECONDITION/lease_lost",
+                                      "FAILED_PRECONDITION/not_agent_job"))
 _op("fail", "write", "Fail the current attempt: retry with backoff, or `dead` when attempts are spent or the job expired.", (
     JOB_ID, ATTEMPT,
     Arg("error", "str", "Error message.", length_max=65_536, default=""),
@@ -548,5 +557,7 @@ from . import ops_manage  # noqa: E402,F401
 from . import ops_usage  # noqa: E402,F401
 # Likewise budgets, held jobs and the audit trail.
 from . import ops_budgets  # noqa: E402,F401
+# Likewise agent iterations and replay.
+from . import ops_agents  # noqa: E402,F401
 
 WRITE_OPS = frozenset(name for name, op in OPS.items() if op.path == "write")

@@ -69,16 +69,23 @@ _TARGETS = (
 _op("approve_job", "write", "Release held jobs to pending. A job held by a budget may then run past that budget "
     "once, unless `extend` raises the budget instead.", _TARGETS + (
         NOTE, ACTOR,
-        Arg("extend", "struct", "Raise the limit of the budget that held the job(s) (`budget:ID`; for "
-            "`budget:job`, the job's own cap) by this much, once per budget per call.", fields=(
+        Arg("extend", "struct", "Raise what held the job(s) by this much: the budget's limit (`budget:ID`, once "
+            "per budget per call), the job's own cap (`budget:job`), or an agent's guardrail (`max_cost`: usd; "
+            "`max_iterations`: iterations).", fields=(
                 Arg("usd", "float", "USD to add to the limit.", low=0, high=USD_MAX),
                 Arg("tokens", "int", "Tokens to add to the limit.", low=0, high=INT64_MAX),
+                Arg("iterations", "int", "Iterations to add to an agent's max_iterations.", low=1, high=100_000),
             )),
+        Arg("payload", "any", "Agent jobs: the decision's payload, handed to the next iteration in `approval`."),
         REQUEST_ID,
     ), ok=("affected", "errors", "state"),
     errors=("NOT_FOUND", "FAILED_PRECONDITION/wrong_state", "FAILED_PRECONDITION/no_budget_hold"))
-_op("reject_job", "write", "Cancel held jobs; `last_error` becomes `rejected: NOTE`.", _TARGETS + (
-    NOTE, ACTOR, REQUEST_ID,
+_op("reject_job", "write", "Cancel held jobs; `last_error` becomes `rejected: NOTE`. With `revise`, an agent "
+    "job goes back to pending instead, the note and payload in its next iteration's `approval`.", _TARGETS + (
+    NOTE, ACTOR,
+    Arg("revise", "bool", "Agent jobs: re-queue with the feedback instead of cancelling.", default=False),
+    Arg("payload", "any", "With revise: feedback for the next iteration (`approval.payload`)."),
+    REQUEST_ID,
 ), ok=("affected", "errors", "state"), errors=("NOT_FOUND", "FAILED_PRECONDITION/wrong_state"))
 _op("list_held", "read", "Held jobs with why and since when, by queue then id (or those of one budget).", (
     Arg("queue", "queue", "Only this queue."),
@@ -146,8 +153,8 @@ def _check_targets(args, limits, frame_bytes, now_ms):
                      "invalid_name")
         args["job_ids"] = list(dict.fromkeys(many))
     extend = args.get("extend")
-    if extend is not None and not extend.get("usd") and not extend.get("tokens"):
-        _bad("extend needs usd or tokens above 0", "extend", "missing_field")
+    if extend is not None and not any(extend.get(k) for k in ("usd", "tokens", "iterations")):
+        _bad("extend needs usd, tokens or iterations above 0", "extend", "missing_field")
 
 
 def _check_list_audit(args, limits, frame_bytes, now_ms):

@@ -274,7 +274,7 @@ class GatewayCore:
         self.ops_out.append([p.client, len(data), tag, data])
 
     def make_ids(self, op_name: str, args: dict):
-        if op_name == "enqueue":
+        if op_name in ("enqueue", "replay_job"):
             return [self.ids.new("job")]
         if op_name == "enqueue_batch":
             ids = [self.ids.new("job") for _ in args["jobs"]]

@@ -68,6 +68,9 @@ VALID = {
     "reject_job": {"job_id": "job_1"},
     "list_held": {},
     "list_audit": {},
+    "replay_job": {"job_id": "job_1", "from_iteration": 2},
+    "list_iterations": {"job_id": "job_1"},
+    "get_iteration": {"job_id": "job_1", "n": 1},
 }
 
 BAD_QUEUE_NAMES = [
