@@ -58,7 +58,7 @@ class Harness:
         """One op dict; enqueue/enqueue_batch get fresh ids unless `ids` is given."""
         clean = dict(args or {}) if raw or name not in OPS else self.args(name, args)
         if ids is None:
-            if name == "enqueue":
+            if name in ("enqueue", "replay_job"):
                 ids = [self.new_job_id()]
             elif name == "enqueue_batch":
                 ids = [self.new_job_id() for _ in clean["jobs"]]
