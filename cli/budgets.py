@@ -6,7 +6,7 @@ import time
 from jobbie.transport.errors import JobbieError
 
 from . import render
-from .common import _client, _fail, _fail_with, _print, _run, _who
+from .common import _client, _fail, _fail_with, _json_arg, _print, _run, _who
 from .search import _follow
 from .usage import _SPAN, _UNIT_MS, time_arg
 
@@ -202,7 +202,8 @@ class BudgetCommands:
                     held_table)
 
     def approve(self, *job_ids, note: str = None, queue: str = None, budget: str = None, extend_usd: str = None,
-                extend_tokens: int = None, actor: str = None, server: str = None, output: str = "text"):
+                extend_tokens: int = None, extend_iterations: int = None, payload: str = None, actor: str = None,
+                server: str = None, output: str = "text"):
         """Release held jobs to pending: jobbie approve JOB_ID... [--note TEXT], or every held job of --queue / --budget.
 
         Args:
@@ -212,15 +213,21 @@ class BudgetCommands:
           budget: Approve every job this budget holds (instead of ids).
           extend_usd: Raise the limit of the budget that held them by this much (else they may run past it once).
           extend_tokens: Raise its token limit by this much.
+          extend_iterations: Agent jobs held by max_iterations or loop_detected: allow this many more iterations.
+          payload: Agent jobs: JSON handed to the next iteration with the decision (job.approval).
           actor: Who you are, for the audit trail (default: cli:LOGIN).
         """
         extend = {k: v for k, v in (("usd", _usd(extend_usd, "--extend-usd")),
-                                    ("tokens", None if extend_tokens is None else int(extend_tokens))) if v}
-        return _decide("approve", job_ids, queue, budget, note, actor, server, output,
-                       {"extend": extend} if extend else {})
+                                    ("tokens", None if extend_tokens is None else int(extend_tokens)),
+                                    ("iterations", None if extend_iterations is None else int(extend_iterations)))
+                  if v}
+        extra = {"extend": extend} if extend else {}
+        if payload is not None:
+            extra["payload"] = _json_arg(payload, "--payload")
+        return _decide("approve", job_ids, queue, budget, note, actor, server, output, extra)
 
-    def reject(self, *job_ids, note: str = None, queue: str = None, budget: str = None, actor: str = None,
-               server: str = None, output: str = "text"):
+    def reject(self, *job_ids, note: str = None, queue: str = None, budget: str = None, revise: bool = False,
+               payload: str = None, actor: str = None, server: str = None, output: str = "text"):
         """Cancel held jobs: jobbie reject JOB_ID... [--note TEXT], or every held job of --queue / --budget.
 
         Args:
@@ -228,9 +235,14 @@ class BudgetCommands:
           note: Why; kept in the audit trail and in the jobs' last_error.
           queue: Reject every held job of this queue (instead of ids).
           budget: Reject every job this budget holds (instead of ids).
+          revise: Agent jobs: send them back for another iteration with the note (and --payload) as feedback.
+          payload: With --revise: JSON feedback for the next iteration (job.approval).
           actor: Who you are, for the audit trail (default: cli:LOGIN).
         """
-        return _decide("reject", job_ids, queue, budget, note, actor, server, output, {})
+        extra = {"revise": True} if revise else {}
+        if payload is not None:
+            extra["payload"] = _json_arg(payload, "--payload")
+        return _decide("reject", job_ids, queue, budget, note, actor, server, output, extra)
 
     def audit(self, job: str = None, budget: str = None, kind: str = None, since: str = None, before: int = None,
               limit: int = 50, server: str = None, output: str = "text"):
@@ -264,7 +276,8 @@ def _decide(verb, job_ids, queue, budget, note, actor, server, output, extra):
     if output not in ("text", "json"):
         _fail(f"--output must be text or json, not {output!r}", 2)
     if queue and extra:
-        _fail(f"jobbie {verb} --queue does not take --extend-*: approve by --budget or by ids", 2)
+        _fail(f"jobbie {verb} --queue does not take --extend-*, --payload or --revise: name the jobs, or use "
+              "--budget", 2)
     affected, errors = 0, []
     with _client(server, timeout=10.0, retry_for=10.0) as client:
         try:
@@ -296,7 +309,8 @@ def _decide(verb, job_ids, queue, budget, note, actor, server, output, extra):
     result = {"affected": affected, "errors": errors}
 
     def text(r):
-        lines = [f"{verb}d {r['affected']} job(s)"]
+        done = "sent back for revision" if extra.get("revise") else f"{verb}d"
+        lines = [f"{done} {r['affected']} job(s)"]
         lines += [f"  {e.get('job_id', '?')}: {e.get('message')}" for e in r["errors"][:20]]
         if len(r["errors"]) > 20:
             lines.append(f"  ... and {len(r['errors']) - 20} more refused")

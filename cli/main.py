@@ -18,6 +18,7 @@ from . import render
 from .common import _fail, _flag, _json_arg, _run
 from .manage import ManageCommands
 from .search import SearchCommands
+from .agents import AgentCommands
 from .budgets import BudgetCommands
 from .usage import UsageCommands
 
@@ -41,7 +42,7 @@ class ClusterCli:
         return _run(server, output, "cluster_remove", {"address": str(address)}, lambda r: f"removed {address}")
 
 
-class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands):
+class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands):
     """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
 
     Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.
@@ -288,10 +289,33 @@ def _refuse(message: str):
     sys.exit(2)
 
 
+def spell_out(argv: list[str]) -> list[str]:
+    """`jobbie replay JOB --from 3 --set a=1 --set b=2` as fire can take it: `--from` is a Python
+    keyword (the flag is --from-iteration), and repeated --set flags become one comma-separated one."""
+    if not argv or argv[0] != "replay":
+        return argv
+    out, sets, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--from" or arg.startswith("--from="):
+            out.append(arg.replace("--from", "--from-iteration", 1))
+        elif arg == "--set" and i + 1 < len(argv):
+            sets.append(argv[i + 1])
+            i += 1
+        elif arg.startswith("--set="):
+            sets.append(arg[len("--set="):])
+        else:
+            out.append(arg)
+        i += 1
+    if sets:
+        out += ["--set", ",".join(sets)]
+    return out
+
+
 def main(argv=None):
     # fire prints return values; commands print themselves and return None.
     os.environ.setdefault("PAGER", "cat")
-    argv = sys.argv[1:] if argv is None else argv
+    argv = spell_out(sys.argv[1:] if argv is None else list(argv))
     check_flags(list(argv))
     fire.Fire(Cli(), command=protect_strings(list(argv)), name="jobbie")
 

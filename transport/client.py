@@ -323,6 +323,23 @@ class Client:
         return self.call("list_audit", limit=limit, **_given({"job_id": job_id, "budget_id": budget_id,
                                                                "kind": kind, "since": since}))["events"]
 
+    # ------------------------------------------------------ agent loops (docs/ai.md)
+    def iterations(self, job_id: str, full: bool = False) -> list:
+        """An agent job's iteration records, in order (checkpoints and traces with `full`)."""
+        out, after = [], 0
+        while True:
+            page = self.call("list_iterations", job_id=job_id, after=after, limit=10_000, full=full)
+            out += page["iterations"]
+            if not page["has_more"]:
+                return out
+            after = out[-1]["n"]
+
+    def replay(self, job_id: str, from_iteration: int = 1, **overrides) -> str:
+        """Replay an agent job from an iteration (overrides: payload, agent, tags, queue, budget_usd);
+        returns the new job's id."""
+        return self.call("replay_job", job_id=job_id, from_iteration=from_iteration,
+                         **_given({"overrides": overrides or None}))["job_id"]
+
     # -------------------------------------------------------------- lifetime
     def close(self):
         if self._closed:
