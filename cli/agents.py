@@ -59,15 +59,20 @@ def _parse_sets(sets) -> dict:
 
 
 def compare_rows(a: list, b: list) -> tuple[list, int | None]:
-    """Side by side by iteration number; the first number where the two differ (status or result)."""
+    """Side by side by iteration number, and the first number both runs have where they differ
+    (status, checkpoint or result). A replay starts at its N: the iterations before are one-sided."""
     by_a, by_b = {i["n"]: i for i in a}, {i["n"]: i for i in b}
     rows, first = [], None
     for n in sorted(set(by_a) | set(by_b)):
         x, y = by_a.get(n), by_b.get(n)
-        same = x is not None and y is not None and (x["status"], x["digest"]) == (y["status"], y["digest"])
-        if not same and first is None:
-            first = n
-        rows.append([n] + _side(x) + _side(y) + ["=" if same else "≠"])
+        if x is None or y is None:
+            mark = ""
+        elif (x["status"], x["digest"]) == (y["status"], y["digest"]):
+            mark = "="
+        else:
+            mark = "≠"
+            first = n if first is None else first
+        rows.append([n] + _side(x) + _side(y) + [mark])
     return rows, first
 
 
@@ -136,7 +141,7 @@ class AgentCommands:
                 _fail_with(exc, server)
         rows, first = compare_rows(a, b)
         result = {"a": job_a, "b": job_b, "first_difference": first, "iterations": [
-            {"n": r[0], "a": r[1:5], "b": r[5:9], "same": r[9] == "="} for r in rows],
+            {"n": r[0], "a": r[1:5], "b": r[5:9], "same": {"=": True, "≠": False}.get(r[9])} for r in rows],
             "totals": {"a": {"cost_usd": sum(i["cost_usd"] for i in a), "tokens": sum(map(_tokens, a))},
                        "b": {"cost_usd": sum(i["cost_usd"] for i in b), "tokens": sum(map(_tokens, b))}}}
 
