@@ -198,14 +198,16 @@ def scopes_of(queue: str, tags: dict | None) -> list[bytes]:
 
 
 class Book:
-    """The budget records of one raft entry, decoded once and written once.
+    """The budget records, decoded once and written once per raft entry.
 
-    Every op of an entry that is budgeted reads the same few budget records; decoding and
-    re-encoding them per op was most of what budgets cost. So `get` decodes a record the first
-    time the entry needs it and hands each op a copy of its own (`Apply.budget_work`); the op's
-    copies replace the entry's records when the op commits (`commit`) and vanish with it when it
-    is refused; `flush` writes the changed records once, at the end of the entry, in the entry's
-    own transaction. The scope index and the budget count are cached the same way, and dropped
+    Every budgeted op reads the same few budget records; decoding and re-encoding them per op was
+    most of what budgets cost. So `get` decodes a record the first time it is needed and hands
+    each op a copy of its own (`Apply.budget_work`); the op's copies replace the book's records
+    when the op commits (`commit`) and vanish with it when it is refused; `flush` writes the
+    changed records once, at the end of the entry, in the entry's own transaction. The state
+    machine is the only writer of these records, so the book stays valid from entry to entry
+    for as long as its store is open (apply_batch keeps it on the store, and drops it if an
+    entry fails). The scope index and the budget count are cached the same way, and dropped
     after an op that changes them (set_budget, delete_budget), which reads them from LMDB.
     """
 

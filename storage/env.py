@@ -37,6 +37,8 @@ class Store:
         if not readonly:
             self.env.reader_check()
         self.dbs = {}
+        #: The state machine's decoded budget records (storage/budgets.py Book), valid while this is open.
+        self.budget_book = None
         if readonly:
             # open_db without a transaction: py-lmdb then keeps the handle valid
             # for later read transactions (one opened in our own read txn is not).

@@ -412,17 +412,25 @@ def apply_batch(store, txn, raft_index: int, ops: list) -> tuple[list | None, Ch
         return None, changes
     clock = K.read_u64(txn.get(b"clock", db=dbs["meta"]) or K.u64(0))
     results = []
-    book = budgets.Book()
-    for op in ops:
-        now = op.get("now", 0) if isinstance(op, dict) else 0
-        if now is None:
-            now = 0  # evaluated at the state clock
-        if type(now) is not int or not 0 <= now < 2**63:
-            results.append(error_result("INTERNAL", "op carries an invalid `now` stamp", "now", "apply_failed"))
-            continue
-        clock = max(clock, now)
-        results.append(_apply_one(store.env, txn, dbs, clock, op, changes, book))
-    book.flush(txn, dbs)
+    # The decoded budget records live as long as the store (only this function writes them); a
+    # failed entry drops them, since its transaction is not committed.
+    book = getattr(store, "budget_book", None)
+    if book is None:
+        book = store.budget_book = budgets.Book()
+    try:
+        for op in ops:
+            now = op.get("now", 0) if isinstance(op, dict) else 0
+            if now is None:
+                now = 0  # evaluated at the state clock
+            if type(now) is not int or not 0 <= now < 2**63:
+                results.append(error_result("INTERNAL", "op carries an invalid `now` stamp", "now", "apply_failed"))
+                continue
+            clock = max(clock, now)
+            results.append(_apply_one(store.env, txn, dbs, clock, op, changes, book))
+        book.flush(txn, dbs)
+    except BaseException:
+        store.budget_book = None
+        raise
     txn.put(b"clock", K.u64(clock), db=dbs["meta"])
     txn.put(b"applied_index", K.u64(raft_index), db=dbs["meta"])
     return results, changes
