@@ -15,13 +15,13 @@ from importlib import metadata as _metadata
 from jobbie.transport.client import Client
 from jobbie.transport.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument, JobbieError,
                                      NotFound, ResourceExhausted, Unavailable)
-from jobbie.transport.worker import Cancelled, Job, Worker
+from jobbie.transport.worker import BudgetExceeded, Cancelled, Continue, Done, Hold, Job, Worker
 
 try:
     __version__ = _metadata.version("jobbie")
 except _metadata.PackageNotFoundError:  # running from a tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Client", "Worker", "Job", "Cancelled", "JobbieError", "InvalidArgument", "NotFound",
+__all__ = ["Client", "Worker", "Job", "Cancelled", "BudgetExceeded", "Continue", "Done", "Hold", "JobbieError", "InvalidArgument", "NotFound",
            "FailedPrecondition", "AlreadyExists", "ResourceExhausted", "Unavailable", "Internal",
            "__version__"]

@@ -228,6 +228,8 @@ def handle_ack(a: Apply, args: dict, ids: list) -> dict:
             return _ok(state=state, iteration=job["iteration"])
         agents.ended(a, job, status, args)
     if status == "hold":
+        if a.who == "server":
+            a.who = f"worker:{job['worker_id']}"  # the audit trail names the worker that asked for the hold
         holds.hold(a, job, args.get("hold_reason") or "held by the worker", "ack with agent_status hold",
                    payload=args.get("hold_payload"), timeout_ms=args.get("hold_timeout_ms"),
                    action=args.get("timeout_action"))

@@ -18,6 +18,12 @@ job dead). The runtime:
 - presents the attempt as a lease token, so a worker that lost its lease
   cannot complete a job someone else now holds;
 - retries on RESOURCE_EXHAUSTED / UNAVAILABLE (through `Client.call`);
+- tells handlers when a budget ran out (`job.budget_exceeded`; `job.check()` and
+  `job.check_budget()` raise `BudgetExceeded`): a handler that lets it propagate
+  pauses the job, which the server holds with its latest checkpoint;
+- runs agent loops: a handler of an agent job returns `Continue(checkpoint,
+  result)`, `Done(result)` (or a plain value) or `Hold(reason, payload)`, and
+  sees `job.iteration` and `job.approval`; any handler may `job.hold(...)`;
 - on SIGTERM/SIGINT drains: it stops fetching, lets running jobs finish for
   up to `drain_timeout` seconds, and fails the rest with their checkpoint so
   the next attempt resumes from it.
@@ -54,6 +60,41 @@ class Cancelled(Exception):
     """Raised by `Job.check()` when the job was cancelled or its lease was lost."""
 
 
+class BudgetExceeded(Exception):
+    """Raised by `Job.check()` / `Job.check_budget()` once the server said a budget of the job ran out.
+
+    Save a checkpoint and let it propagate: the worker then fails the attempt with that checkpoint
+    and the server holds the job (it does not count as a failed attempt); approval, a raised limit
+    or the budget's next window resumes it from the checkpoint."""
+
+
+class Continue:
+    """An agent handler's answer: this iteration is done, go on with `checkpoint` (and record `result`)."""
+
+    def __init__(self, checkpoint=None, result=None):
+        self.checkpoint = checkpoint
+        self.result = result
+
+
+class Done:
+    """An agent handler's answer: the loop is finished with `result` (a plain return value means the same)."""
+
+    def __init__(self, result=None):
+        self.result = result
+
+
+class Hold(Exception):
+    """Hold the job for a person (`reason`, and `payload` for them to see): return it or raise it.
+
+    For an agent job the person's decision comes back in the next iteration's `job.approval`."""
+
+    def __init__(self, reason: str, payload=None, checkpoint=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.payload = payload
+        self.checkpoint = checkpoint
+
+
 class Job:
     """One leased job, as a handler sees it."""
 
@@ -67,8 +108,14 @@ class Job:
         self.tags = data.get("tags") or {}
         self.agent = data.get("agent")
         self.checkpoint = data.get("checkpoint")
+        #: Agent jobs: the iteration this fetch hands out (from 1), and a person's decision after a hold.
+        self.iteration = data.get("iteration")
+        self.approval = data.get("approval")
         self.cancelled = False
         self.lost = False
+        #: Set when a heartbeat answered that a budget of this job ran out (see BudgetExceeded).
+        self.budget_exceeded = False
+        self._hold: Hold | None = None
         self._lock = threading.Lock()
         self._dirty: dict = {}
 
@@ -102,9 +149,20 @@ class Job:
         self.report_usage(**total)
 
     def check(self):
-        """Raise `Cancelled` if the job was cancelled or this worker lost its lease."""
+        """Raise `Cancelled` if the job was cancelled or this worker lost its lease, and
+        `BudgetExceeded` if a budget of the job ran out."""
         if self.cancelled or self.lost:
             raise Cancelled(f"job {self.id} was {'cancelled' if self.cancelled else 'lost'}")
+        self.check_budget()
+
+    def check_budget(self):
+        """Raise `BudgetExceeded` if the server said a budget of this job ran out."""
+        if self.budget_exceeded:
+            raise BudgetExceeded(f"a budget of job {self.id} ran out; save a checkpoint and stop")
+
+    def hold(self, reason: str, payload=None):
+        """Hold the job for a person once the handler returns (instead of completing it)."""
+        self._hold = Hold(reason, payload)
 
     def take_heartbeat(self) -> dict:
         with self._lock:
@@ -225,6 +283,13 @@ class Worker:
             handler = self.handlers[job.queue]
             try:
                 result = handler(job)
+            except Hold as held:
+                result = held
+            except BudgetExceeded:
+                took = (time.monotonic() - started) * 1000
+                outcome = self._finish(job, error=BudgetExceeded("budget exceeded"), paused=True)
+                log.info("%s %s attempt %d: %s after %.0f ms", job.queue, job.id, job.attempt, outcome, took)
+                return
             except Exception as exc:
                 took = (time.monotonic() - started) * 1000
                 outcome = self._finish(job, error=exc)
@@ -233,13 +298,14 @@ class Worker:
             else:
                 took = (time.monotonic() - started) * 1000
                 outcome = self._finish(job, result=result)
-                log.info("%s %s attempt %d: %s in %.0f ms", job.queue, job.id, job.attempt, outcome, took)
+                log.info("%s %s %s: %s in %.0f ms", job.queue, job.id,
+                         f"iteration {job.iteration}" if job.iteration else f"attempt {job.attempt}", outcome, took)
         finally:
             with self._lock:
                 self.in_flight.pop(job.id, None)
             self._slots.release()
 
-    def _finish(self, job: Job, result=None, error: Exception | None = None) -> str:
+    def _finish(self, job: Job, result=None, error: Exception | None = None, paused: bool = False) -> str:
         """Report the outcome; returns what became of the job, for the log line."""
         if job.lost:
             return "lease lost, outcome discarded"  # someone else holds the job now
@@ -247,11 +313,32 @@ class Worker:
         extra.pop("progress", None)
         if getattr(job, "_usage", None):
             extra["usage"] = job._usage  # the attempt's final figures go with its outcome
+        if paused and job.checkpoint is not None:
+            extra["checkpoint"] = job.checkpoint  # the held job resumes from here
+        if error is None and job._hold is not None and not isinstance(result, (Hold, Continue, Done)):
+            result = job._hold
         try:
             if error is None:
+                if isinstance(result, Hold):
+                    if result.checkpoint is not None:
+                        extra["checkpoint"] = result.checkpoint
+                    self.client.ack(job.id, agent_status="hold", hold_reason=result.reason,
+                                    hold_payload=result.payload, **extra)
+                    return f"held ({result.reason})"
+                if isinstance(result, Continue):
+                    if result.checkpoint is not None:
+                        extra["checkpoint"] = result.checkpoint
+                    answer = self.client.ack(job.id, agent_status="continue", result=result.result, **extra)
+                    state = answer.get("state")
+                    return "continues" if state == "pending" else f"iteration recorded, job {state}"
+                if isinstance(result, Done):
+                    result = result.result
                 self.client.ack(job.id, result=result, **extra)
                 self.completed += 1
                 return "completed"
+            if paused:
+                answer = self.client.fail(job.id, "budget exceeded", **extra)
+                return f"paused: budget exceeded (job {answer.get('state')})"
             message = f"{type(error).__name__}: {error}"
             answer = self.client.fail(job.id, message, backtrace="".join(traceback.format_exception(error)),
                                       **extra)
@@ -292,6 +379,8 @@ class Worker:
                 job.cancelled = True
             elif answer["status"] == "lost":
                 job.lost = True
+            if answer.get("budget_exceeded"):
+                job.budget_exceeded = True
 
     # ------------------------------------------------------------------ drain
     def _drain(self):

@@ -185,3 +185,16 @@ def test_leader_kill9_mid_run_records_every_acknowledged_iteration_once(make_clu
     print(f"\n100 agent jobs, kill -9 of the leader: {len(recorded)} iterations recorded, {len(acked)} acked "
           f"answers; states {states}; queue {final}")
     assert set(states) <= {"completed", "held"}
+
+
+@pytest.mark.timeout(90)
+def test_the_agent_example_runs_as_the_readme_says(node):
+    out = subprocess.run([sys.executable, "examples/agent_loop.py", "--server", node.endpoint],
+                         capture_output=True, text=True, timeout=80,
+                         cwd=__import__("pathlib").Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "finishes: " in text and "is completed" in text
+    assert "(hold_reason max_cost)" in text
+    assert "asks, after approval" in text and "approved by example" in text
+    assert "they first differ at iteration 3" in text

@@ -206,6 +206,71 @@ def test_a_job_whose_budget_runs_out_is_paused_with_its_checkpoint_and_resumed(n
     assert client.get_job(jid)["state"] == "completed"
 
 
+@pytest.mark.timeout(60)
+def test_the_python_worker_pauses_on_budget_exceeded_and_resumes_from_its_checkpoint(node):
+    client = node.client()
+    client.set_budget("steps", scope="queue", target="ai.steps", limit_usd=1.0, window="day")
+    jid = client.enqueue("ai.steps", {"steps": 6})
+    seen = []
+
+    def handler(job):
+        step = (job.checkpoint or {}).get("step", 0)
+        seen.append((job.attempt, step))
+        while step < job.payload["steps"]:
+            step += 1
+            job.add_usage(cost_usd=0.4)
+            job.save_checkpoint({"step": step})
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and not job.budget_exceeded:
+                time.sleep(0.02)  # a slow LLM call; heartbeats go out meanwhile
+            job.check()  # raises BudgetExceeded once a heartbeat said so
+        return {"steps": step}
+
+    worker = Worker({"ai.steps": handler}, client=client, concurrency=1, wait_ms=200, heartbeat_ms=100)
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    try:
+        held = wait_for(lambda: (lambda j: j if j["state"] == "held" else None)(client.get_job(jid)), 20,
+                        message="the job paused")
+        assert held["hold_reason"] == "budget:steps"
+        paused_at = held["checkpoint"]["step"]
+        assert 3 <= paused_at < 6  # $0.40 a step: the third reaches $1.00
+        assert client.get_budget("steps")["spent_usd"] == pytest.approx(0.4 * paused_at)
+        client.approve(jid, note="finish it")
+        wait_for(lambda: client.get_job(jid)["state"] == "completed", 30, message="resumed and completed")
+    finally:
+        worker.stop()
+        t.join(10)
+    assert seen == [(1, 0), (2, paused_at)]  # the second attempt started from the checkpoint
+    assert client.get_job(jid)["result"] == {"steps": 6}
+
+
+@pytest.mark.timeout(60)
+def test_a_handler_can_hold_its_job_for_a_person(node):
+    client = node.client()
+    jid = client.enqueue("review", {"doc": "d1"})
+
+    def handler(job):
+        if job.attempt == 1:
+            job.hold("needs a human look", {"summary": "draft"})
+            return None
+        return "published"
+
+    worker = Worker({"review": handler}, client=client, concurrency=1, wait_ms=200)
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: client.get_job(jid)["state"] == "held", 20, message="held by its handler")
+        job = client.get_job(jid)
+        assert (job["hold_reason"], job["hold_payload"]) == ("needs a human look", {"summary": "draft"})
+        assert client.audit(job_id=jid)[0]["who"].startswith("worker:")
+        client.approve(jid)
+        wait_for(lambda: client.get_job(jid)["state"] == "completed", 20, message="published")
+    finally:
+        worker.stop()
+        t.join(10)
+
+
 # --------------------------------------------------------------------- three nodes
 @pytest.mark.timeout(180)
 def test_leader_kill9_during_budgeted_work_leaves_identical_budgets_everywhere(make_cluster):
