@@ -42,9 +42,12 @@ def machine() -> dict:
             "platform": platform.platform(terse=True)}
 
 
-def prefill(endpoint: str, jobs: int, queue: str = S.QUEUE):
+def prefill(endpoint: str, jobs: int, queue: str = S.QUEUE, agent: bool = False):
     with Client(endpoint, timeout=30, retry_for=60) as client:
-        batch = [{"queue": queue, "payload": {"data": "x" * 48}} for _ in range(1000)]
+        one = {"queue": queue, "payload": {"data": "x" * 48}}
+        if agent:
+            one["agent"] = S.AGENT
+        batch = [one] * 1000
         for _ in range(max(1, jobs // 1000)):
             client.call("enqueue_batch", jobs=batch)
 
@@ -104,9 +107,10 @@ def set_budgets(endpoint: str):
 
 class Bench:
     def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress,
-                 mirror: bool = True, usage: bool = False, budgets: bool = False):
+                 mirror: bool = True, usage: bool = False, budgets: bool = False, agent: bool = False):
         self.usage = usage
         self.budgets = budgets
+        self.agent = agent
         self.mirror = mirror
         self.duration = duration
         self.repeats = repeats
@@ -131,7 +135,7 @@ class Bench:
 
     def record(self, scenario: str, concurrency: int, repeat: int, result: dict, **extra):
         rec = {"scenario": scenario, "concurrency": concurrency, "repeat": repeat, **result, **extra,
-               "durable": self.durable, "mirror": self.mirror, "usage": self.usage, "budgets": self.budgets, "duration_s": self.duration, **self.meta,
+               "durable": self.durable, "mirror": self.mirror, "usage": self.usage, "budgets": self.budgets, "agent": self.agent, "duration_s": self.duration, **self.meta,
                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.records.append(rec)
         errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
@@ -156,12 +160,12 @@ class Bench:
             if self.budgets:
                 set_budgets(node.endpoint)
             if name == "unary":
-                workload = S.Unary()
+                workload = S.Unary(agent=self.agent)
             elif name == "batch":
                 workload = S.Batch(batch_size)
             elif name == "lifecycle":
-                prefill(node.endpoint, jobs=max(20_000, int(self.duration * 12_000)))
-                workload = S.Lifecycle(work_ms, usage=self.usage)
+                prefill(node.endpoint, jobs=max(20_000, int(self.duration * 12_000)), agent=self.agent)
+                workload = S.Lifecycle(work_ms, usage=self.usage, agent=self.agent)
             elif name == "mixed":
                 workload = S.Mixed(work_ms=work_ms)
             else:
@@ -277,7 +281,7 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
          repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
          server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
          markdown_out: str | None = None, mirror: bool | str = True, usage: bool = False,
-         budgets: bool = False):
+         budgets: bool = False, agent: bool = False):
     """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
 
     Args:
@@ -295,6 +299,8 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
         and without it show what usage accounting costs.
       budgets: Set two budgets that match every job (and never run out) before each run, so runs with and
         without them show what budget checks, reservations and charges cost.
+      agent: Agent jobs instead of plain ones: unary enqueues them, lifecycle acks every fetch with
+        agent_status continue (an iteration recorded and the job re-queued).
       server: Use this running node instead of starting a fresh one per run (results then accumulate state).
       ceiling: Also measure the bare ZeroMQ ROUTER echo at each concurrency, for the ratio.
       output: text or json (JSON lines of every run, then the medians).
@@ -307,7 +313,7 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
     modes = [True, False] if mirror == "both" else [bool(mirror)]
     bench = Bench(float(duration), int(repeats), bool(durable), server,
                   progress=(lambda line: print(line, file=sys.stderr, flush=True)), mirror=modes[0],
-                  usage=bool(usage), budgets=bool(budgets))
+                  usage=bool(usage), budgets=bool(budgets), agent=bool(agent))
     total = len(levels) * int(repeats)
     for repeat in range(int(repeats)):
         for c in levels:

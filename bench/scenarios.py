@@ -18,17 +18,24 @@ def _payload(size: int) -> dict:
     return {"data": "x" * max(0, size - 16)}
 
 
+#: The agent config of agent jobs (`--agent true`): guardrails that never trip in a bench run.
+AGENT = {"max_iterations": 100_000, "max_cost_usd": 1e6}
+
+
 class Unary(Workload):
-    def __init__(self, payload_bytes: int = 64, client_key: str | None = None, queue: str = QUEUE):
-        self.payload = _payload(payload_bytes)
+    def __init__(self, payload_bytes: int = 64, client_key: str | None = None, queue: str = QUEUE,
+                 agent: bool = False):
+        self.args = {"queue": queue, "payload": _payload(payload_bytes)}
+        if agent:
+            self.args["agent"] = AGENT
         self.client_key = client_key
         self.queue = queue
 
     def first(self, client):
-        return "enqueue", {"queue": self.queue, "payload": self.payload}
+        return "enqueue", self.args
 
     def next(self, client, op, reply):
-        return ("enqueue", {"queue": self.queue, "payload": self.payload}), 1, 0.0
+        return ("enqueue", self.args), 1, 0.0
 
 
 class Batch(Workload):
@@ -50,8 +57,10 @@ class Lifecycle(Workload):
     USAGE = {"input_tokens": 1200, "output_tokens": 300, "model": "bench-model", "provider": "bench",
              "cost_usd": 0.0042, "latency_ms": 850}
 
-    def __init__(self, work_ms: float = 0.0, wait_ms: int = 1000, queue: str = QUEUE, usage: bool = False):
+    def __init__(self, work_ms: float = 0.0, wait_ms: int = 1000, queue: str = QUEUE, usage: bool = False,
+                 agent: bool = False):
         self.usage = usage
+        self.agent = agent  # agent jobs: every ack is an iteration that continues (recorded, re-queued)
         self.work_s = work_ms / 1000.0
         self.wait_ms = wait_ms
         self.queue = queue
@@ -72,6 +81,9 @@ class Lifecycle(Workload):
             ack = {"job_id": job["job_id"], "attempt": job["attempt"]}
             if self.usage:
                 ack["usage"] = self.USAGE
+            if self.agent:
+                ack["agent_status"] = "continue"
+                ack["checkpoint"] = {"i": job.get("iteration", 1)}
             return ("ack", ack), 0, self.work_s
         return self.fetch(client), 1, 0.0
 

@@ -309,7 +309,7 @@ def _decide(verb, job_ids, queue, budget, note, actor, server, output, extra):
     result = {"affected": affected, "errors": errors}
 
     def text(r):
-        done = "sent back for revision" if extra.get("revise") else f"{verb}d"
+        done = "sent back for revision" if extra.get("revise") else {"approve": "approved", "reject": "rejected"}[verb]
         lines = [f"{done} {r['affected']} job(s)"]
         lines += [f"  {e.get('job_id', '?')}: {e.get('message')}" for e in r["errors"][:20]]
         if len(r["errors"]) > 20:

@@ -25,6 +25,7 @@ from . import agents, audit, budgets
 from . import keys as K
 from .states import CANCELLED, HELD, PENDING
 
+PAST = {"approve": "approved", "reject": "rejected"}
 #: Jobs one approve_job / reject_job may name.
 IDS_MAX = 1000
 _UNSET = object()
@@ -173,7 +174,7 @@ def _decide(a, args: dict, verb: str) -> dict:
             refusal = error_result("NOT_FOUND", f"job {job_id} not found", "job_id")
         elif job["state"] != HELD:
             refusal = error_result("FAILED_PRECONDITION", f"job {job_id} is {job['state']}, not held; only held "
-                                   f"jobs can be {verb}d", "job_id", "wrong_state")
+                                   f"jobs can be {PAST[verb]}", "job_id", "wrong_state")
         elif verb == "approve":
             refusal = approve(a, job, args.get("extend"), done, payload=args.get("payload"))
         elif args.get("revise") and not agents.is_agent(job):

@@ -160,6 +160,22 @@ def test_bad_budget_input_is_answered_and_changes_nothing(node):
     assert client.list_budgets() == []
 
 
+@pytest.mark.timeout(60)
+def test_approve_and_reject_by_queue_go_through_the_bulk_path(node):
+    client = node.client()
+    held = [client.enqueue("review.a", {"n": i}, hold=True) for i in range(5)]
+    waiting = client.enqueue("review.a", {"n": 99})  # not held: skipped by the filter
+    out = cli(node, "approve", "--queue", "review.a", "--note", "batch ok", "--actor", "cy").stdout
+    assert "approved 5 job(s)" in out, out
+    assert {client.get_job(j)["state"] for j in held} == {"pending"}
+    assert client.get_job(waiting)["state"] == "pending"
+    assert {e["who"] for e in client.audit(kind="approved")} == {"cy"}
+    more = [client.enqueue("review.b", {"n": i}, hold=True) for i in range(3)]
+    out = cli(node, "reject", "--queue", "review.b", "--note", "stale").stdout
+    assert "rejected 3 job(s)" in out, out
+    assert {client.get_job(j)["last_error"] for j in more} == {"rejected: stale"}
+
+
 # --------------------------------------------------------------------- reservation
 @pytest.mark.timeout(90)
 def test_fifty_concurrent_workers_on_a_dollar_spend_at_most_one_job_more(node):
