@@ -9,8 +9,8 @@ target, a rolling window's hours, a budget without any limit, one of
 """
 from __future__ import annotations
 
-from .ops import (_EXTRA_CHECKS, ACTOR, INT64_MAX, NOTE, PRINTABLE_ID, QUEUE_NAME, REQUEST_ID, Arg, _bad, _op,
-                  _type_name)
+from .ops import _EXTRA_CHECKS, ACTOR, INT64_MAX, NOTE, QUEUE_NAME, REQUEST_ID, Arg, _bad, _op, _type_name
+from .ops_search import check_job_ids
 
 SCOPES = ("global", "namespace", "queue", "tag")
 WINDOWS = ("total", "day", "month", "hours")
@@ -143,15 +143,7 @@ def _check_targets(args, limits, frame_bytes, now_ms):
     if one is None and many is None:
         _bad("give job_id or job_ids", "job_id", "missing_field")
     if many is not None:
-        if not 1 <= len(many) <= IDS_MAX:
-            _bad(f"job_ids must hold 1 to {IDS_MAX} ids; got {len(many)}", "job_ids", "too_large")
-        for i, job_id in enumerate(many):
-            if type(job_id) is not str:
-                _bad(f"job_ids[{i}] must be a string, got {_type_name(job_id)}", f"job_ids[{i}]", "wrong_type")
-            if not PRINTABLE_ID.match(job_id):
-                _bad(f"job_ids[{i}] must be 1-128 printable ASCII characters without spaces", f"job_ids[{i}]",
-                     "invalid_name")
-        args["job_ids"] = list(dict.fromkeys(many))
+        args["job_ids"] = check_job_ids(many, IDS_MAX)
     extend = args.get("extend")
     if extend is not None and not any(extend.get(k) for k in ("usd", "tokens", "iterations")):
         _bad("extend needs usd, tokens or iterations above 0", "extend", "missing_field")

@@ -117,6 +117,19 @@ def check_filter(args: dict, prefix: str = ""):
         _bad(f"{prefix}attempt_min is above {prefix}attempt_max", prefix + "attempt_max", "out_of_range")
 
 
+def check_job_ids(ids: list, most: int) -> list:
+    """A `job_ids` list: 1 to `most` job ids, each a printable id; duplicates dropped, order kept."""
+    if not 1 <= len(ids) <= most:
+        _bad(f"job_ids must hold 1 to {most} ids; got {len(ids)}", "job_ids", "too_large")
+    for i, job_id in enumerate(ids):
+        if type(job_id) is not str:
+            _bad(f"job_ids[{i}] must be a string, got {_type_name(job_id)}", f"job_ids[{i}]", "wrong_type")
+        if not PRINTABLE_ID.match(job_id):
+            _bad(f"job_ids[{i}] must be 1-128 printable ASCII characters without spaces", f"job_ids[{i}]",
+                 "invalid_name")
+    return list(dict.fromkeys(ids))
+
+
 def _check_search(args, limits, frame_bytes, now_ms):
     check_filter(args)
 
@@ -128,15 +141,7 @@ def _check_bulk(args, limits, frame_bytes, now_ms):
     if ids is None and flt is None:
         _bad("bulk needs job_ids or filter", "job_ids", "missing_field")
     if ids is not None:
-        if not 1 <= len(ids) <= BULK_IDS_MAX:
-            _bad(f"job_ids must hold 1 to {BULK_IDS_MAX} ids; got {len(ids)}", "job_ids", "too_large")
-        for i, job_id in enumerate(ids):
-            if type(job_id) is not str:
-                _bad(f"job_ids[{i}] must be a string, got {_type_name(job_id)}", f"job_ids[{i}]", "wrong_type")
-            if not PRINTABLE_ID.match(job_id):
-                _bad(f"job_ids[{i}] must be 1-128 printable ASCII characters without spaces", f"job_ids[{i}]",
-                     "invalid_name")
-        args["job_ids"] = list(dict.fromkeys(ids))
+        args["job_ids"] = check_job_ids(ids, BULK_IDS_MAX)
     if flt is not None:
         if not flt:
             _bad("filter needs at least one criterion (a bulk action on every job is not offered)", "filter",
