@@ -314,12 +314,41 @@ def spell_out(argv: list[str]) -> list[str]:
     return out
 
 
+def help_words(argv: list[str]) -> list[str]:
+    """For `--help` / `-h` anywhere: only the words that name the command or group, then fire's
+    own `-- --help`. So help never runs the command (fire would run `jobbie delete JOB --help`
+    and then show help), and fire's "INFO: Showing help with the command ..." line is not printed."""
+    if "--" in argv or not any(a in ("--help", "-h") for a in argv):
+        return argv
+    target, depth = command_of(argv)
+    if target is None:  # a group: its leading words that name groups
+        node, depth = Cli, 0
+        while depth < len(argv) and not argv[depth].startswith("-"):
+            attr = getattr(node, argv[depth].replace("-", "_"), None)
+            if attr is None or inspect.isfunction(attr):
+                break
+            node, depth = type(attr), depth + 1
+    return list(argv[:depth]) + ["--", "--help"]
+
+
 def main(argv=None):
     # fire prints return values; commands print themselves and return None.
     os.environ.setdefault("PAGER", "cat")
     argv = spell_out(sys.argv[1:] if argv is None else list(argv))
+    if argv[:1] in (["--version"], ["-V"], ["version"]):
+        from jobbie import __version__
+        print(f"jobbie {__version__}")
+        return
+    argv = help_words(argv)
     check_flags(list(argv))
-    fire.Fire(Cli(), command=protect_strings(list(argv)), name="jobbie")
+    try:
+        fire.Fire(Cli(), command=protect_strings(list(argv)), name="jobbie")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`jobbie search ... | head`): end quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -318,3 +318,32 @@ def test_server_refuses_an_address_it_cannot_listen_on_before_serving(tmp_path, 
     assert "serving" not in proc.stderr and says.format(port=port) in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert time.monotonic() - started < 10
+
+
+# ------------------------------------------------------------------ help, version, pipes
+def test_version_prints_the_installed_version():
+    from jobbie import __version__
+    proc = jobbie("--version")
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (0, f"jobbie {__version__}", "")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_after_arguments_shows_help_and_runs_nothing(node, client, flag):
+    job_id = client.enqueue("help-d", {"n": 1})
+    proc = jobbie("delete", job_id, flag, server=node.endpoint)
+    # (fire writes help to stderr when it is not a terminal)
+    assert proc.returncode == 0 and "jobbie delete - " in proc.stdout + proc.stderr, proc.stderr
+    assert "INFO: Showing help" not in proc.stderr
+    assert client.get_job(job_id)["state"] == "pending"  # fire alone would have deleted it first
+    group = jobbie("budget", flag)
+    assert "jobbie budget - " in group.stdout + group.stderr and "INFO" not in group.stderr
+
+
+def test_piping_into_head_ends_quietly(node, client):
+    # (an answer well over a pipe's 64 KiB buffer, so the write meets a closed pipe)
+    client.enqueue_batch([{"queue": "pipe-q", "payload": {"n": i, "pad": "x" * 600}} for i in range(300)])
+    cmd = (f"{sys.executable} -m jobbie.cli.main search --queue pipe-q --limit 300 --output json "
+           f"--server {node.endpoint} | head -c 100")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=30)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert len(proc.stdout) == 100 and proc.returncode == 0
