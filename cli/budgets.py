@@ -6,9 +6,9 @@ import time
 from jobbie.transport.errors import JobbieError
 
 from . import render
-from .common import _client, _fail, _fail_with, _json_arg, _print, _run, _who
+from .common import _client, _duration, _fail, _fail_with, _json_arg, _print, _run, _who
 from .search import _follow
-from .usage import _SPAN, _UNIT_MS, time_arg
+from .usage import time_arg
 
 #: Ids one approve_job / reject_job call carries at most (the server's cap).
 IDS_PER_CALL = 1000
@@ -22,16 +22,6 @@ def _usd(value, name):
     except ValueError:
         _fail(f"{name} must be an amount in USD (e.g. 10 or 2.50); got {value!r}", 2)
     return out
-
-
-def _duration(value, name):
-    """`30s`, `15m`, `2h`, `7d` or plain milliseconds."""
-    if value is None:
-        return None
-    m = _SPAN.match(str(value).strip().lower())
-    if not m:
-        _fail(f"{name} must be a duration such as 30s, 15m, 2h or 7d; got {value!r}", 2)
-    return int(m.group(1)) * _UNIT_MS[m.group(2) or "ms"]
 
 
 def _money(x):

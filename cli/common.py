@@ -1,8 +1,10 @@
 """Shared plumbing of the CLI commands: run one op, print its answer, fail in one line."""
 from __future__ import annotations
 
+import difflib
 import getpass
 import json
+import re
 import sys
 
 from jobbie.transport.client import Client, server_endpoint
@@ -27,6 +29,33 @@ def _json_arg(text, name):
 def _fail(message: str, code: int = 1):
     print(f"jobbie: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+_SPAN = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)?\Z")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+
+
+def _duration(value, name):
+    """`500ms`, `30s`, `15m`, `2h`, `7d`, `1w` or plain milliseconds, as milliseconds."""
+    if value is None:
+        return None
+    m = _SPAN.match(str(value).strip().lower())
+    if not m:
+        _fail(f"{name} must be a duration such as 500ms, 30s, 15m, 2h or 7d; got {value!r}", 2)
+    return int(m.group(1)) * _UNIT_MS[m.group(2) or "ms"]
+
+
+def _warn_if_unknown_queue(server, queue: str):
+    """Pausing or configuring a queue that has never had a job is most often a typo: say so (and do it)."""
+    try:
+        with _client(server, timeout=5.0, retry_for=5.0) as client:
+            known = {q["name"] for q in client.call("list_queues")["queues"]}
+    except JobbieError:
+        return  # the command itself will say what is wrong
+    if queue not in known:
+        near = difflib.get_close_matches(queue, sorted(known), n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        print(f"jobbie: warning: queue {queue} has never had a job{hint} (doing it anyway)", file=sys.stderr)
 
 
 def _who(actor):

@@ -15,7 +15,8 @@ import sys
 import fire
 
 from . import render
-from .common import _fail, _flag, _json_arg, _run
+from .common import _duration, _fail, _flag, _json_arg, _run, _warn_if_unknown_queue
+from .search import _tags
 from .manage import ManageCommands
 from .search import SearchCommands
 from .agents import AgentCommands
@@ -102,24 +103,44 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                             mirror=_flag(mirror), usage=_flag(usage))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
-    def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay_ms: int = None,
-                max_retries: int = None, unique_key: str = None, tags: str = None, server: str = None,
-                output: str = "text"):
+    def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay: str = None,
+                delay_ms: int = None, max_retries: int = None, unique_key: str = None, tag: str = None,
+                tags: str = None, payload_file: str = None, server: str = None, output: str = "text"):
         # (str parameters reach us verbatim: see protect_strings)
-        """Add a job. PAYLOAD is JSON, e.g. jobbie enqueue emails '{"to": "a@b.c"}'.
+        """Add a job. PAYLOAD is JSON, e.g. jobbie enqueue emails '{"to": "a@b.c"}' (- reads it from stdin).
 
         Args:
           queue: Queue name.
-          payload: The job's payload as JSON (default null).
+          payload: The job's payload as JSON (default null); - reads it from stdin.
           priority: critical, high, normal (default) or low.
-          delay_ms: Do not run before now + this many milliseconds.
+          delay: Do not run before now + this long: 500ms, 30s, 5m, 2h, 7d.
+          delay_ms: The same in milliseconds.
           max_retries: Retries after the first attempt (default 3).
           unique_key: At most one live job per (queue, key).
-          tags: JSON object of string tags, e.g. '{"tenant": "acme"}'.
+          tag: Tags as key=value pairs separated by commas, as for jobbie search, e.g. tenant=acme,tier=gold.
+          tags: The same, or a JSON object of string tags, e.g. '{"tenant": "acme"}'.
+          payload_file: Read the payload (JSON) from this file; - is stdin.
         """
+        if payload_file is not None and payload != "null":
+            _fail("give PAYLOAD or --payload-file, not both", 2)
+        source = payload_file if payload_file is not None else (payload if payload == "-" else None)
+        if source is not None:
+            try:
+                text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8").read()
+            except OSError as exc:
+                _fail(f"--payload-file {source}: {exc.strerror}", 2)
+            payload = text
+        if delay is not None and delay_ms is not None:
+            _fail("give --delay or --delay-ms, not both", 2)
+        tag_map = None
+        for given in (tags, tag):
+            if given is None:
+                continue
+            more = _json_arg(given, "--tags") if str(given).lstrip().startswith("{") else _tags(given)
+            tag_map = {**(tag_map or {}), **more}
         args = {"queue": str(queue), "payload": _json_arg(payload, "payload"), "priority": priority,
-                "delay_ms": delay_ms, "max_retries": max_retries, "unique_key": unique_key,
-                "tags": _json_arg(tags, "tags") if tags is not None else None}
+                "delay_ms": _duration(delay, "--delay") if delay is not None else delay_ms,
+                "max_retries": max_retries, "unique_key": unique_key, "tags": tag_map}
         return _run(server, output, "enqueue", args, render.enqueued)
 
     def inspect(self, job_id: str, server: str = None, output: str = "text"):
@@ -144,6 +165,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
 
     def pause(self, queue: str, server: str = None, output: str = "text"):
         """Stop handing out jobs of QUEUE (enqueue still works)."""
+        _warn_if_unknown_queue(server, str(queue))
         return _run(server, output, "pause_queue", {"queue": str(queue)}, lambda r: f"paused {queue}")
 
     def resume(self, queue: str, server: str = None, output: str = "text"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from . import render
-from .common import _client, _fail, _fail_with, _flag, _json_arg, _run
+from .common import _client, _fail, _fail_with, _flag, _json_arg, _run, _warn_if_unknown_queue
 
 
 def _max_arg(value):
@@ -78,12 +78,14 @@ class ManageCommands:
     def concurrency(self, queue: str, max: str, server: str = None, output: str = "text"):  # noqa: A002
         """Let at most MAX jobs of QUEUE be active at once (1: one at a time); MAX none removes the limit."""
         limit = _max_arg(max)
+        _warn_if_unknown_queue(server, str(queue))
         return _run(server, output, "set_concurrency", {"queue": str(queue), "max": limit},
                     lambda r: f"{queue}: at most {limit} active" if limit else f"{queue}: no concurrency limit")
 
     def throttle(self, queue: str, rate: int, period_ms: int, server: str = None, output: str = "text"):
         """Hand out at most RATE jobs of QUEUE per PERIOD_MS milliseconds."""
         rate, period = _int_arg(rate, "RATE"), _int_arg(period_ms, "PERIOD_MS")
+        _warn_if_unknown_queue(server, str(queue))
         return _run(server, output, "set_throttle", {"queue": str(queue), "rate": rate, "period_ms": period},
                     lambda r: f"{queue}: at most {rate} jobs per {period} ms")
 

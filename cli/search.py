@@ -185,8 +185,15 @@ class SearchCommands:
                 _fail("give --ids or --filter-json, not both", 2)
             requests.append(dict(base, filter=_json_arg(filter_json, "--filter-json")))
         else:
-            if not id_list and not sys.stdin.isatty():
+            piped = not id_list and not sys.stdin.isatty()
+            if piped:
                 id_list = list(_ids_from(sys.stdin))
+                if not id_list:  # e.g. a search that found nothing: zero jobs, not a mistake
+                    empty = {"affected": 0, "skipped": 0, "error_count": 0, "errors": [], "total": 0,
+                             "duration_ms": 0}
+                    print(json.dumps(empty, sort_keys=True) if output == "json"
+                          else f"{action}: no job ids on stdin, nothing to do")
+                    return
             if not id_list:
                 _fail("no jobs given: pass --ids, --filter-json, or job ids on stdin", 2)
             for i in range(0, len(id_list), BULK_IDS_PER_REQUEST):

@@ -1,14 +1,11 @@
 """CLI commands for usage summaries and the price table (mixed into cli.main.Cli)."""
 from __future__ import annotations
 
-import re
 import time
 
 from . import render
-from .common import _fail, _run, _who
+from .common import _SPAN, _UNIT_MS, _fail, _run, _who
 
-_SPAN = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)?\Z")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 
 
 def time_arg(value, name: str, now_ms: int):

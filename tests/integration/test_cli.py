@@ -347,3 +347,45 @@ def test_piping_into_head_ends_quietly(node, client):
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=30)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert len(proc.stdout) == 100 and proc.returncode == 0
+
+
+# ------------------------------------------------------------------ payloads, durations, tags, pipes
+def test_payload_from_a_file_or_stdin(node, client, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"big": [1, 2, 3]}')
+    made = ok_json(jobbie("enqueue", "pf", "--payload-file", path, "--output", "json", server=node.endpoint))
+    assert client.get_job(made["job_id"])["payload"] == {"big": [1, 2, 3]}
+    full_env = {k: v for k, v in os.environ.items() if k != "JOBBIE_SERVER"}
+    proc = subprocess.run([*CLI, "enqueue", "pf", "-", "--output", "json", "--server", node.endpoint],
+                          input='{"from": "stdin"}', capture_output=True, text=True, timeout=30, env=full_env)
+    assert client.get_job(ok_json(proc)["job_id"])["payload"] == {"from": "stdin"}
+    missing = jobbie("enqueue", "pf", "--payload-file", tmp_path / "nope.json", server=node.endpoint)
+    assert_one_line_error(missing, "jobbie: --payload-file")
+
+
+def test_a_duration_and_key_value_tags_on_enqueue(node, client):
+    made = ok_json(jobbie("enqueue", "dq", "{}", "--delay", "30s", "--tag", "tenant=acme,tier=gold",
+                          "--output", "json", server=node.endpoint))
+    job = client.get_job(made["job_id"])
+    assert job["state"] == "scheduled" and 29_000 <= job["run_at"] - job["created_at"] <= 30_000
+    assert job["tags"] == {"tenant": "acme", "tier": "gold"}
+    found = jobbie("search", "--queue", "dq", "--tag", "tenant=acme", "--output", "json", server=node.endpoint)
+    assert [json.loads(line)["id"] for line in found.stdout.splitlines()] == [made["job_id"]]  # JSON lines
+    bad = jobbie("enqueue", "dq", "{}", "--delay", "soon", server=node.endpoint)
+    assert_one_line_error(bad, "jobbie: --delay must be a duration")
+
+
+def test_an_empty_pipe_into_bulk_is_zero_jobs(node):
+    full_env = {k: v for k, v in os.environ.items() if k != "JOBBIE_SERVER"}
+    proc = subprocess.run([*CLI, "bulk", "retry", "--server", node.endpoint], input="", capture_output=True,
+                          text=True, timeout=30, env=full_env)
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stderr
+
+
+def test_pausing_a_queue_that_never_had_a_job_warns_and_pauses(node, client):
+    client.enqueue("emails", {"n": 1})
+    proc = jobbie("pause", "emials", server=node.endpoint)
+    assert proc.returncode == 0 and "paused emials" in proc.stdout
+    assert "never had a job; did you mean emails?" in proc.stderr
+    quiet = jobbie("pause", "emails", server=node.endpoint)
+    assert quiet.returncode == 0 and quiet.stderr == ""
