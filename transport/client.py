@@ -29,7 +29,25 @@ import zmq
 
 from . import codec
 from .errors import RETRYABLE, InvalidArgument, Unavailable, from_wire
-from .ops import OPS
+from .ops import OPS, Limits, validate
+
+#: Requests larger than this are checked here against the server's own hard caps before they are
+#: sent (smaller ones cannot break them, so the common case costs nothing).
+LOCAL_CHECK_BYTES = Limits().payload_bytes_max
+
+
+def _refuse_oversized(op: str, args: dict, frame_bytes: int):
+    """Refuse, without sending it, a request that every server would refuse for its size: the same
+    INVALID_ARGUMENT naming the field (`payload`, too_large) the server would answer."""
+    spec = OPS.get(op)
+    if spec is None or spec.path in ("read", "local"):
+        return
+    try:
+        validate(op, args, Limits(), frame_bytes)
+    except InvalidArgument as exc:
+        if exc.reason == "too_large":
+            raise InvalidArgument(f"{exc.message} (refused by the client, nothing was sent)", field=exc.field,
+                                  reason=exc.reason) from None
 
 DEFAULT_SERVER = "tcp://127.0.0.1:7700"
 #: Writes that are not given a request_id automatically: retrying them with
@@ -163,13 +181,16 @@ class Client:
         if self._closed:
             raise Unavailable("client is closed", reason="closed")
         req_id = next(self._ids)
-        fut: Future = Future()
-        self._futures[req_id] = fut
         msg = {"id": req_id, "op": op, "args": args or {}}
         if self.client_key:
             msg["client"] = self.client_key
+        frame = codec.encode(msg)
+        if len(frame) > LOCAL_CHECK_BYTES:
+            _refuse_oversized(op, args or {}, len(frame))
+        fut: Future = Future()
+        self._futures[req_id] = fut
         fut.req_id = req_id
-        self._outbox.put(codec.encode(msg))
+        self._outbox.put(frame)
         os.write(self._wake_w, b"x")
         return fut
 

@@ -389,3 +389,18 @@ def test_pausing_a_queue_that_never_had_a_job_warns_and_pauses(node, client):
     assert "never had a job; did you mean emails?" in proc.stderr
     quiet = jobbie("pause", "emails", server=node.endpoint)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_an_oversized_payload_is_refused_by_the_client_before_it_is_sent(node, client, tmp_path):
+    from jobbie.transport.errors import InvalidArgument
+    with pytest.raises(InvalidArgument) as info:
+        client.enqueue("big", {"blob": "x" * (2 * 1024 * 1024)})
+    assert (info.value.field, info.value.reason) == ("payload", "too_large")
+    assert "nothing was sent" in info.value.message
+    assert "big" not in {q["name"] for q in client.queues()}
+    # and from the command line, in one line
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"blob": "x" * (2 * 1024 * 1024)}))
+    proc = jobbie("enqueue", "big", "--payload-file", path, server=node.endpoint)
+    assert_one_line_error(proc, "jobbie:")
+    assert "nothing was sent" in proc.stderr
