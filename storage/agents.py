@@ -40,6 +40,7 @@ from jobbie.transport.errors import error_result
 
 from . import keys as K
 from .states import PENDING
+from .usage import attempt_entry
 
 LOOP_WINDOW_DEFAULT = 3
 #: Hold reasons of the guardrails.
@@ -72,19 +73,12 @@ def digest(checkpoint, result) -> str:
     return hashlib.blake2b(encode([checkpoint, result]), digest_size=8).hexdigest()
 
 
-def _usage_of_attempt(job: dict) -> dict | None:
-    for e in reversed(job.get("usage") or ()):
-        if e.get("attempt") == job["attempt"] and e.get("started_at") == job.get("started_at"):
-            return e
-    return None
-
-
 def record(a, job: dict, status: str, result=None, trace=None, error: str | None = None) -> dict:
     """Write the record of the job's current iteration (its last attempt's outcome)."""
     n = job.get("iteration", 1)
-    key = K.usage_key(job["id"], n)  # same layout: job id NUL n(4)
+    key = K.iteration_key(job["id"], n)
     old = a.get("iterations", key)
-    usage = _usage_of_attempt(job)
+    usage = attempt_entry(job)
     rec = {"n": n, "status": status, "started_at": job.get("started_at"), "ended_at": a.now,
            "worker_id": job.get("worker_id"), "attempt": job["attempt"],
            "attempts": (old["attempts"] + 1) if old else 1,
@@ -174,7 +168,7 @@ def extend(job: dict, extend: dict, reason: str) -> dict | None:
 
 
 def delete_records(a, job_id: str):
-    prefix = K.error_prefix(job_id)
+    prefix = K.iteration_prefix(job_id)
     cur = a.txn.cursor(db=a.db["iterations"])
     if cur.set_range(prefix):
         while bytes(cur.key()).startswith(prefix):
@@ -196,7 +190,7 @@ def handle_replay_job(a, args: dict, ids: list) -> dict:
                             "only agent jobs have iterations to replay", "job_id", "not_agent_job")
     n = args["from_iteration"]
     if n > 1:
-        before = a.get("iterations", K.usage_key(src["id"], n - 1))
+        before = a.get("iterations", K.iteration_key(src["id"], n - 1))
         if before is None:
             return error_result("NOT_FOUND", f"job {src['id']} has no iteration {n - 1}, so iteration {n} has "
                                 "no checkpoint to start from", "from_iteration")
@@ -232,11 +226,11 @@ def read_list_iterations(txn, dbs, args):
     job_id = args["job_id"]
     if txn.get(job_id.encode(), db=dbs["jobs"]) is None:
         return None
-    prefix = K.error_prefix(job_id)
+    prefix = K.iteration_prefix(job_id)
     after, limit = args.get("after", 0), args.get("limit", 1000)
     cur = txn.cursor(db=dbs["iterations"])
     out, more = [], False
-    if cur.set_range(K.usage_key(job_id, after + 1)):
+    if cur.set_range(K.iteration_key(job_id, after + 1)):
         for key, value in cur:
             if not bytes(key).startswith(prefix):
                 break
@@ -252,7 +246,7 @@ def read_list_iterations(txn, dbs, args):
 
 
 def read_get_iteration(txn, dbs, args):
-    raw = txn.get(K.usage_key(args["job_id"], args["n"]), db=dbs["iterations"])
+    raw = txn.get(K.iteration_key(args["job_id"], args["n"]), db=dbs["iterations"])
     return None if raw is None else {"iteration": decode_trusted(raw)}
 
 

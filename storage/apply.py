@@ -342,11 +342,16 @@ class Apply:
         return job
 
 
+def attempts_left(job) -> int:
+    """Attempts the job has left after its current one. Paused attempts (budget holds) and finished
+    agent iterations do not count against max_retries."""
+    return max(0, job["max_retries"] + 1 - job["attempt"] + job.get("free_attempts", 0))
+
+
 def after_failed_attempt(a: Apply, job, event: str):
     """Move an active job whose attempt failed; returns (next_attempt_at, attempts_remaining)."""
     expired = job.get("expire_at") is not None and a.now >= job["expire_at"]
-    # Paused attempts (budget holds) and finished agent iterations do not count against max_retries.
-    remaining = max(0, job["max_retries"] + 1 - job["attempt"] + job.get("free_attempts", 0))
+    remaining = attempts_left(job)
     if job["cancel_requested"]:
         a.move(job, CANCELLED, event)
         next_at, remaining = None, 0

@@ -44,6 +44,14 @@ def hold(a, job: dict, reason: str, event: str, payload=_UNSET, timeout_ms: int 
     a.move(job, HELD, event)
 
 
+def pause(a, job: dict, event: str):
+    """The attempt of a job whose budget ran out ended (fail, or lease expiry): hold it with its
+    checkpoint, and do not count the attempt against max_retries."""
+    job["free_attempts"] = job.get("free_attempts", 0) + 1
+    hold(a, job, job.pop("pause"), event)
+    job["lease_expires_at"] = None
+
+
 def budget_timeout(a, reason: str | None) -> tuple[int | None, str | None]:
     """The hold time-out and action of the budget a hold reason names, if any."""
     b_id = budgets.budget_of(reason)

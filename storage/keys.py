@@ -138,3 +138,11 @@ def seq_index_key(ident: str, seq: int) -> bytes:
 
 def seq_index_prefix(ident: str) -> bytes:
     return ident.encode() + b"\x00"
+
+
+def iteration_key(job_id: str, n: int) -> bytes:
+    return job_id.encode() + b"\x00" + _U32.pack(n)
+
+
+def iteration_prefix(job_id: str) -> bytes:
+    return job_id.encode() + b"\x00"

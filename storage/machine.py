@@ -35,7 +35,7 @@ from jobbie.transport.errors import InvariantViolation, check, error_result
 from . import agents, budgets, holds, management, schedules, tick, usage
 from . import keys as K
 from .apply import (DEDUPE_TTL_MS, ERRORS_KEPT, Apply, Changes, _ok,  # noqa: F401 (re-exported)
-                    after_failed_attempt as _after_failed_attempt, backoff_ms)
+                    after_failed_attempt as _after_failed_attempt, attempts_left, backoff_ms)
 from .queues import fetch_room, note_handed_out
 from .states import ACTIVE, CANCELLED, COMPLETED, DEAD, HELD, PENDING, RETRYING, SCHEDULED, TERMINAL
 
@@ -255,20 +255,12 @@ def handle_fail(a: Apply, args: dict, ids: list) -> dict:
     if job["agent"] is not None:
         agents.failed(a, job, args.get("error") or "")
     if job.get("pause") and not job["cancel_requested"]:
-        pause_attempt(a, job, "fail after budget_exceeded")
+        holds.pause(a, job, "fail after budget_exceeded")
         a.save_job(job)
-        return _ok(state=HELD, next_attempt_at=None,
-                   attempts_remaining=max(0, job["max_retries"] + 1 - job["attempt"] + job["free_attempts"]))
+        return _ok(state=HELD, next_attempt_at=None, attempts_remaining=attempts_left(job))
     next_at, remaining = _after_failed_attempt(a, job, "fail")
     a.save_job(job)
     return _ok(state=job["state"], next_attempt_at=next_at, attempts_remaining=remaining)
-
-
-def pause_attempt(a: Apply, job: dict, event: str):
-    """The attempt of a job whose budget ran out ended: hold it, checkpoint kept, attempt not counted."""
-    job["free_attempts"] = job.get("free_attempts", 0) + 1
-    holds.hold(a, job, job.pop("pause"), event)
-    job["lease_expires_at"] = None
 
 
 def handle_heartbeat(a: Apply, args: dict, ids: list) -> dict:

@@ -140,9 +140,7 @@ def handle_tick(a: Apply, args: dict, ids: list) -> dict:
         if job.get("agent") is not None:
             agents.failed(a, job, error)
         if job.get("pause") and not job["cancel_requested"]:
-            job["free_attempts"] = job.get("free_attempts", 0) + 1
-            holds.hold(a, job, job.pop("pause"), "tick: lease expired after budget_exceeded")
-            job["lease_expires_at"] = None
+            holds.pause(a, job, "tick: lease expired after budget_exceeded")
         else:
             after_failed_attempt(a, job, "lease expired")
         a.save_job(job)

@@ -153,12 +153,18 @@ def record_usage(a, job: dict, usage: dict | None, final: bool = False):
     _store(a, job, entry)
 
 
-def attempt_musd(job: dict) -> int:
-    """Micro-USD the job's current attempt cost (0 when it reported nothing)."""
+def attempt_entry(job: dict) -> dict | None:
+    """The usage entry of the job's current attempt, or None when it reported nothing."""
     for e in reversed(job.get("usage") or ()):
         if e.get("attempt") == job["attempt"] and e.get("started_at") == job.get("started_at"):
-            return int(round((e.get("cost_usd") or 0.0) * 1_000_000))
-    return 0
+            return e
+    return None
+
+
+def attempt_musd(job: dict) -> int:
+    """Micro-USD the job's current attempt cost (0 when it reported nothing)."""
+    e = attempt_entry(job)
+    return 0 if e is None else int(round((e.get("cost_usd") or 0.0) * 1_000_000))
 
 
 def _store(a, job: dict, entry: dict):
