@@ -213,3 +213,51 @@ class FastBackoffNode(Node):
         if wait:
             self.wait_ready()
         return self
+
+
+class FetchAckLoops:
+    """`n` worker loops (threads; `clients` sockets shared between them) that fetch one job at a time
+    and hand it to `handle(client, job)`, which acks it and returns what to remember in `acked`;
+    until stopped. Errors other than a lost lease are kept in `errors`."""
+
+    prefix = "w"
+
+    def __init__(self, endpoints: str, queue: str, n: int, clients: int = 10, lease_ms: int = 30_000):
+        self.queue, self.lease_ms = queue, lease_ms
+        self.clients = [Client(endpoints, timeout=2.0, retry_for=30.0) for _ in range(clients)]
+        self.stopping = threading.Event()
+        self.acked: list = []
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self.loop, args=(i,), daemon=True) for i in range(n)]
+
+    def handle(self, client: Client, job: dict):
+        raise NotImplementedError
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def loop(self, i: int):
+        client = self.clients[i % len(self.clients)]
+        while not self.stopping.is_set():
+            try:
+                for job in client.fetch(self.queue, f"{self.prefix}{i}", wait_ms=200, lease_ms=self.lease_ms):
+                    self.acked.append(self.handle(client, job))
+            except JobbieError as exc:
+                if exc.reason != "lease_lost":
+                    self.errors.append(str(exc))
+                time.sleep(0.05)
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(15)
+        for c in self.clients:
+            c.close()
+
+
+def settled_queue(client: Client, queue: str) -> dict | None:
+    """The queue's list_queues row once nothing of it is pending or active, else None."""
+    row = next((q for q in client.queues() if q["name"] == queue), None)
+    return row if row and row["pending"] == 0 and row["active"] == 0 else None

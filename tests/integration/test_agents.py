@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from jobbie.transport.client import Client
-from jobbie.transport.errors import JobbieError
 
 from .cluster import make_cluster  # noqa: F401 (a fixture)
 from .conftest import wait_for
+from .helpers import FetchAckLoops, settled_queue
 
 COST = 0.01  # every fake iteration costs this much
 
@@ -44,46 +43,19 @@ def fake_model(payload: dict, checkpoint, n: int):
     return "continue", state, f"n={n} total={state['total']}"
 
 
-class AgentWorkers:
+class AgentWorkers(FetchAckLoops):
     """Worker loops running fake_model; they remember every iteration whose ack was answered ok."""
 
+    prefix = "agent-w"
+
     def __init__(self, endpoints: str, queue: str, n: int = 10, clients: int = 5, lease_ms: int = 5_000):
-        self.queue, self.lease_ms = queue, lease_ms
-        self.clients = [Client(endpoints, timeout=2.0, retry_for=30.0) for _ in range(clients)]
-        self.stopping = threading.Event()
-        self.acked: list[tuple[str, int, str]] = []
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self.loop, args=(i,), daemon=True) for i in range(n)]
+        super().__init__(endpoints, queue, n, clients=clients, lease_ms=lease_ms)
 
-    def start(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def loop(self, i: int):
-        client = self.clients[i % len(self.clients)]
-        while not self.stopping.is_set():
-            try:
-                for job in client.fetch(self.queue, f"agent-w{i}", wait_ms=200, lease_ms=self.lease_ms):
-                    status, checkpoint, result = fake_model(job["payload"], job["checkpoint"], job["iteration"])
-                    client.ack(job["job_id"], attempt=job["attempt"], agent_status=status, checkpoint=checkpoint,
-                               result=result, usage={"cost_usd": COST, "input_tokens": 100, "output_tokens": 10})
-                    self.acked.append((job["job_id"], job["iteration"], status))
-            except JobbieError as exc:
-                if exc.reason != "lease_lost":
-                    self.errors.append(str(exc))
-
-    def stop(self):
-        self.stopping.set()
-        for t in self.threads:
-            t.join(15)
-        for c in self.clients:
-            c.close()
-
-
-def settled(client, queue):
-    row = next((q for q in client.queues() if q["name"] == queue), None)
-    return row if row and row["pending"] == 0 and row["active"] == 0 else None
+    def handle(self, client, job):
+        status, checkpoint, result = fake_model(job["payload"], job["checkpoint"], job["iteration"])
+        client.ack(job["job_id"], attempt=job["attempt"], agent_status=status, checkpoint=checkpoint,
+                   result=result, usage={"cost_usd": COST, "input_tokens": 100, "output_tokens": 10})
+        return job["job_id"], job["iteration"], status
 
 
 @pytest.mark.timeout(90)
@@ -153,7 +125,7 @@ def test_leader_kill9_mid_run_records_every_acknowledged_iteration_once(make_clu
         wait_for(lambda: len(workers.acked) >= 300, 60, message="iterations under way")
         leader.kill9()
         cluster.wait_leader([n for n in cluster.nodes if n is not leader], timeout=20.0)
-        final = wait_for(lambda: settled(client, "ai.ha"), 150, interval=0.25, message="every agent job settled")
+        final = wait_for(lambda: settled_queue(client, "ai.ha"), 150, interval=0.25, message="every agent job settled")
     finally:
         workers.stop()
     assert not workers.errors, workers.errors[:3]

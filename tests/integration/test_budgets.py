@@ -26,6 +26,7 @@ from jobbie.transport.worker import Worker
 
 from .cluster import make_cluster  # noqa: F401 (a fixture)
 from .conftest import wait_for
+from .helpers import FetchAckLoops, settled_queue
 
 
 def cli(node, *args, ok=True) -> subprocess.CompletedProcess:
@@ -36,47 +37,16 @@ def cli(node, *args, ok=True) -> subprocess.CompletedProcess:
     return out
 
 
-class Workers:
-    """`n` worker loops (threads; `clients` sockets shared between them) that fetch one job at a time
-    and ack it with `cost` USD of usage, until stopped."""
+class Workers(FetchAckLoops):
+    """Worker loops that ack every job with `cost` USD of usage."""
 
     def __init__(self, endpoints: str, queue: str, n: int, cost: float, clients: int = 10, lease_ms: int = 30_000):
-        self.queue, self.cost, self.lease_ms = queue, cost, lease_ms
-        self.clients = [Client(endpoints, timeout=2.0, retry_for=30.0) for _ in range(clients)]
-        self.stopping = threading.Event()
-        self.acked: list[str] = []
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self.loop, args=(i,), daemon=True) for i in range(n)]
+        super().__init__(endpoints, queue, n, clients=clients, lease_ms=lease_ms)
+        self.cost = cost
 
-    def start(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def loop(self, i: int):
-        client = self.clients[i % len(self.clients)]
-        while not self.stopping.is_set():
-            try:
-                jobs = client.fetch(self.queue, f"w{i}", wait_ms=200, lease_ms=self.lease_ms)
-                for job in jobs:
-                    client.ack(job["job_id"], attempt=job["attempt"], usage={"cost_usd": self.cost})
-                    self.acked.append(job["job_id"])
-            except JobbieError as exc:
-                if exc.reason != "lease_lost":
-                    self.errors.append(str(exc))
-                time.sleep(0.05)
-
-    def stop(self):
-        self.stopping.set()
-        for t in self.threads:
-            t.join(15)
-        for c in self.clients:
-            c.close()
-
-
-def counts(client, queue) -> dict:
-    row = next((q for q in client.queues() if q["name"] == queue), None)
-    return row or {}
+    def handle(self, client, job):
+        client.ack(job["job_id"], attempt=job["attempt"], usage={"cost_usd": self.cost})
+        return job["job_id"]
 
 
 # --------------------------------------------------------------------- the story a user follows
@@ -184,10 +154,7 @@ def test_fifty_concurrent_workers_on_a_dollar_spend_at_most_one_job_more(node):
     ids = [client.enqueue("ai.res", {"n": i}) for i in range(40)]
     workers = Workers(node.endpoint, "ai.res", n=50, cost=0.10).start()
     try:
-        def settled():
-            c = counts(client, "ai.res")
-            return c if c.get("pending", 1) == 0 and c.get("active", 1) == 0 else None
-        final = wait_for(settled, 60, interval=0.1, message="every job completed or held")
+        final = wait_for(lambda: settled_queue(client, "ai.res"), 60, interval=0.1, message="every job completed or held")
     finally:
         workers.stop()
     assert not workers.errors, workers.errors[:3]
@@ -301,11 +268,7 @@ def test_leader_kill9_during_budgeted_work_leaves_identical_budgets_everywhere(m
         leader.kill9()
         survivors = [n for n in cluster.nodes if n is not leader]
         cluster.wait_leader(survivors, timeout=20.0)
-
-        def settled():
-            c = counts(client, "ai.ha")
-            return c if c.get("pending", 1) == 0 and c.get("active", 1) == 0 else None
-        final = wait_for(settled, 90, interval=0.2, message="every job completed or held after the failover")
+        final = wait_for(lambda: settled_queue(client, "ai.ha"), 90, interval=0.2, message="every job completed or held after the failover")
     finally:
         workers.stop()
     cluster.restart(leader)
