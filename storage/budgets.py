@@ -41,7 +41,7 @@ import calendar
 import hashlib
 import time
 
-from jobbie.transport.codec import encode
+from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import error_result
 
 from . import audit
@@ -606,7 +606,6 @@ HANDLERS = {"set_budget": handle_set_budget, "delete_budget": handle_delete_budg
 # ------------------------------------------------------------------ reads (the gateway passes `now`)
 
 def read_get_budget(txn, dbs, args):
-    from jobbie.transport.codec import decode_trusted
     raw = txn.get(args["budget_id"].encode(), db=dbs["budgets"])
     if raw is None:
         return None
@@ -614,7 +613,6 @@ def read_get_budget(txn, dbs, args):
 
 
 def read_list_budgets(txn, dbs, args):
-    from jobbie.transport.codec import decode_trusted
     out = [view(decode_trusted(raw), args["now"]) for _, raw in txn.cursor(db=dbs["budgets"])]
     if args.get("scope"):
         out = [b for b in out if b["scope"] == args["scope"]]

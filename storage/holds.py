@@ -19,6 +19,7 @@ time-out index stay in step whatever made the move.
 """
 from __future__ import annotations
 
+from jobbie.transport.codec import decode_trusted
 from jobbie.transport.errors import error_result
 
 from . import agents, audit, budgets
@@ -272,7 +273,6 @@ def budget_windows(a, due: list, limit: int) -> int:
 
 def read_list_held(txn, dbs, args):
     """Held jobs, by queue then id (or by budget): a summary row each."""
-    from jobbie.transport.codec import decode_trusted
     limit, after = args.get("limit", 100), args.get("after")
     rows, more = [], False
     if args.get("budget_id"):
