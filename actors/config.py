@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from jobbie.transport import codec
 
 #: Actor processes, in start order (stopped in reverse, gateway first).
-ACTORS = ("raft", "admission", "gateway", "lifecycle", "mirror", "usage")
+ACTORS = ("raft", "admission", "gateway", "lifecycle", "mirror", "usage", "http")
 
 
 @dataclass
@@ -41,6 +41,10 @@ class NodeConfig:
     mirror: bool = True
     #: Run the usage actor (usage rollups for usage_summary). Off: those ops answer UNAVAILABLE.
     usage: bool = True
+    #: Run the http actor (JSON API, web UI, /metrics); it reaches the node through `bind`, as a client.
+    http: bool = True
+    #: HOST:PORT of the http actor.
+    http_bind: str = "127.0.0.1:7780"
     #: Raft entries between snapshots (log compaction); >= 100.
     snapshot_every_entries: int = 20_000
     #: Shared secret for raft peer traffic (pysyncobj encryption); required off loopback.
@@ -48,7 +52,8 @@ class NodeConfig:
 
     def actors(self) -> tuple:
         """The actor processes this node runs, in start order."""
-        return tuple(a for a in ACTORS if (a != "mirror" or self.mirror) and (a != "usage" or self.usage))
+        off = {name for name, on in (("mirror", self.mirror), ("usage", self.usage), ("http", self.http)) if not on}
+        return tuple(a for a in ACTORS if a not in off)
 
     def endpoint(self, name: str) -> str:
         """IPC endpoint of an actor's inbound socket (e.g. `mirror`: change feed, bulk results,
@@ -82,6 +87,14 @@ class NodeConfig:
     def load(cls, path: str) -> "NodeConfig":
         with open(path, "rb") as f:
             return cls(**codec.decode_trusted(f.read()))
+
+    @property
+    def client_endpoint(self) -> str:
+        """Where a process of this node reaches the gateway as a client (a wildcard bind means loopback)."""
+        for wildcard in ("tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:"):
+            if self.bind.startswith(wildcard):
+                return "tcp://127.0.0.1:" + self.bind[len(wildcard):]
+        return self.bind
 
 
 def pick_run_dir(data_dir: str) -> str:

@@ -37,7 +37,7 @@ log = logging.getLogger("jobbie.supervisor")
 
 # The mirror goes right after the gateway (which waits for its answers in flight) and
 # before admission and raft (which carry its bulk ops).
-STOP_ORDER = ("gateway", "mirror", "usage", "lifecycle", "admission", "raft")
+STOP_ORDER = ("http", "gateway", "mirror", "usage", "lifecycle", "admission", "raft")
 EXIT_GAVE_UP = 3
 #: An actor exiting with this code cannot start at all (e.g. an unrecoverable data dir): no restart.
 EXIT_CANNOT_START = 78
@@ -87,6 +87,17 @@ def check_client_bind(endpoint: str):
     if not 0 < port < 65536:
         raise StartupError(f"--bind {endpoint}: port {port} is out of range (1-65535)")
     check_bind("--bind", host, port, form="tcp://HOST:PORT")
+
+
+def check_http_bind(address: str):
+    """--http-bind must be HOST:PORT this node can listen on."""
+    match = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+):([0-9]{1,5})", address)
+    if match is None:
+        raise StartupError(f"--http-bind {address!r} is not HOST:PORT, e.g. 127.0.0.1:7780 (or --http=false)")
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    if not 0 < port < 65536:
+        raise StartupError(f"--http-bind {address}: port {port} is out of range (1-65535)")
+    check_bind("--http-bind", host, port, form="HOST:PORT (or --http=false)")
 
 
 @dataclass
@@ -194,6 +205,8 @@ class Supervisor:
         if not raft_port.isdigit() or not 0 < int(raft_port) < 65536:
             raise StartupError(f"--raft-bind {cfg.raft_bind!r} is not HOST:PORT")
         check_bind("--raft-bind", raft_host, int(raft_port))
+        if cfg.http:
+            check_http_bind(cfg.http_bind)
         with open(identity_path + ".tmp", "w") as f:
             json.dump(identity, f)
         os.replace(identity_path + ".tmp", identity_path)
@@ -298,6 +311,8 @@ class Supervisor:
         print(f"jobbie: node {cfg.node_id} serving {cfg.bind} (data {os.path.abspath(cfg.data_dir)}, "
               f"raft {cfg.raft_bind}, durable={'true' if cfg.durable else 'false'}); "
               f"logs in {cfg.log_dir}", file=sys.stderr, flush=True)
+        if cfg.http:
+            print(f"jobbie: web UI, JSON API and /metrics at http://{cfg.http_bind}/", file=sys.stderr, flush=True)
         reason = None
         last_publish = 0.0
         try:

@@ -46,16 +46,20 @@ class Spawned:
         self.stop()
 
 
-def jobbie_node(durable: bool = False, mirror: bool = True, timeout: float = 30.0) -> Spawned:
+def jobbie_node(durable: bool = False, mirror: bool = True, timeout: float = 30.0, http: bool = False) -> Spawned:
+    """A fresh node; with `http` its http actor listens on a free port (`node.http_url`)."""
     data_dir = tempfile.mkdtemp(prefix="jobbie-bench-")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
+    http_port = free_port() if http else None
     argv = [sys.executable, "-m", "jobbie.cli.main", "server", "--data-dir", os.path.join(data_dir, "node"),
             "--bind", endpoint]
+    argv += ["--http-bind", f"127.0.0.1:{http_port}"] if http else ["--http=false"]
     if durable:
         argv.append("--durable")
     if not mirror:
         argv.append("--mirror=false")
     node = Spawned(argv, endpoint, cleanup_dir=data_dir)
+    node.http_url = f"http://127.0.0.1:{http_port}" if http else None
     wait_ready(node, timeout)
     return node
 

@@ -56,7 +56,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                inflight_max: int = 50_000, inflight_per_client_max: int = 10_000, snapshot_every: int = 20_000,
                raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
                completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000,
-               usage: bool = True):
+               usage: bool = True, http: bool = True, http_bind: str = "127.0.0.1:7780"):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Args:
@@ -78,6 +78,9 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
             and search/bulk then answer UNAVAILABLE.
           usage: Run the usage actor (usage rollups for `jobbie usage`); --usage=false saves its CPU, and
             usage_summary then answers UNAVAILABLE. Usage is recorded in LMDB either way.
+          http: Run the http actor: JSON API under /v1, the web UI at /, Prometheus /metrics
+            (--http=false: none of them; the ZeroMQ port is unaffected).
+          http_bind: HOST:PORT of the JSON API, web UI and /metrics (default 127.0.0.1:7780).
           bootstrap: First start of a new cluster on an empty data dir (with --peers).
           rejoin: This node lost its data dir; start empty and catch up from the leader (with --peers).
           completed_retention_ms: Delete completed and cancelled jobs this long after they finished
@@ -100,7 +103,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                             completed_retention_ms=max(0, int(completed_retention_ms)),
                             worker_retention_ms=max(0, int(worker_retention_ms)),
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
-                            mirror=_flag(mirror), usage=_flag(usage))
+                            mirror=_flag(mirror), usage=_flag(usage), http=_flag(http), http_bind=str(http_bind))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay: str = None,

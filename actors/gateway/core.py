@@ -89,6 +89,9 @@ class GatewayCore:
         self.admission_status: dict = {}
         self.actors: list = []
         self.stats = {"requests": 0, "invalid": 0, "oversize": 0, "timeouts": 0}
+        #: Answers sent, by (op, code): code is OK or the error code. An op name that is not in the
+        #: registry counts as `unknown`, so a client cannot grow this map (cluster_status, /metrics).
+        self.answers: dict = {}
         # Newest raft index whose results this gateway has seen: a mirror op carries it, and the
         # mirror answers once it holds the changes up to there (read your acknowledged writes).
         self.seen_index = 0
@@ -114,6 +117,11 @@ class GatewayCore:
     def reply_error(self, ident, envelope, req_id, err: JobbieError):
         self.reply(ident, envelope, req_id, "err", err.to_wire())
 
+    def count(self, op: str, code: str):
+        key = (op, code)
+        answers = self.answers
+        answers[key] = answers.get(key, 0) + 1
+
     # ----------------------------------------------------------------- intake
     def on_request(self, frames: list, now: float):
         """One multipart message from the ROUTER socket."""
@@ -137,6 +145,7 @@ class GatewayCore:
                 "send fewer jobs per enqueue_batch, or large data by reference", reason="too_large"))
             return
         req_id = -1
+        msg = None
         try:
             msg = codec.decode(payload)
             if type(msg) is not dict:
@@ -164,6 +173,7 @@ class GatewayCore:
             op, args = opsdef.validate(msg["op"], msg.get("args"), self.limits, len(payload), int(now * 1000))
         except codec.DecodeError as exc:
             self.stats["invalid"] += 1
+            self.count("unknown", "INVALID_ARGUMENT")
             # Answer under the request's own id whenever it can be read.
             found = exc.value.get("id") if isinstance(exc.value, dict) else codec.peek_request_id(payload)
             self.reply_error(ident, envelope, found if codec.is_request_id(found) else -1,
@@ -171,6 +181,8 @@ class GatewayCore:
             return
         except JobbieError as exc:
             self.stats["invalid"] += 1
+            name = msg.get("op") if isinstance(msg, dict) else None
+            self.count(name if type(name) is str and name in opsdef.OPS else "unknown", exc.code)
             self.reply_error(ident, envelope, req_id, exc)
             return
         except Exception as exc:  # a validator bug must not take the gateway down
@@ -188,6 +200,7 @@ class GatewayCore:
 
     def dispatch(self, ident, envelope, req_id, op, args, client, now):
         if op.path == "local":
+            self.count(op.name, "OK")
             self.reply(ident, envelope, req_id, "ok", self.cluster_status(now))
         elif op.path == "read":
             self.read(ident, envelope, req_id, op.name, args, now)
@@ -212,6 +225,7 @@ class GatewayCore:
 
     def to_mirror(self, ident, envelope, req_id, name, args, client, now):
         if not self.mirror_enabled:
+            self.count(name, "UNAVAILABLE")
             self.reply(ident, envelope, req_id, "err", {
                 "code": "UNAVAILABLE", "reason": "mirror_disabled",
                 "message": f"{name} needs the mirror actor, which this node runs without (--mirror=false); "
@@ -219,6 +233,7 @@ class GatewayCore:
             return
         seen = self.mirror_status.get("seen_at")
         if seen is None or now - seen > MIRROR_STALE_S:
+            self.count(name, "UNAVAILABLE")
             self.reply(ident, envelope, req_id, "err", {
                 "code": "UNAVAILABLE", "reason": "mirror_unavailable", "retry_after_ms": 500,
                 "message": "the mirror actor (search and bulk) has not reported recently; it may be starting "
@@ -231,6 +246,7 @@ class GatewayCore:
     def to_usage(self, ident, envelope, req_id, name, args, client, now):
         """usage_summary and rebuild_usage go to the usage actor, like mirror ops to the mirror."""
         if not self.usage_enabled:
+            self.count(name, "UNAVAILABLE")
             self.reply(ident, envelope, req_id, "err", {
                 "code": "UNAVAILABLE", "reason": "usage_disabled",
                 "message": f"{name} needs the usage actor, which this node runs without (--usage=false); "
@@ -238,6 +254,7 @@ class GatewayCore:
             return
         seen = self.usage_status.get("seen_at")
         if seen is None or now - seen > MIRROR_STALE_S:
+            self.count(name, "UNAVAILABLE")
             self.reply(ident, envelope, req_id, "err", {
                 "code": "UNAVAILABLE", "reason": "usage_unavailable", "retry_after_ms": 500,
                 "message": "the usage actor has not reported recently; it may be starting or restarting, "
@@ -291,8 +308,10 @@ class GatewayCore:
             if result is None:
                 field = next((a for a in ("job_id", "queue", "name") if a in args), None)
                 raise NotFound(f"{field} {args.get(field)} not found" if field else "not found", field=field)
+            self.count(name, "OK")
             self.reply(ident, envelope, req_id, "ok", result)
         except JobbieError as exc:
+            self.count(name, exc.code)
             self.reply_error(ident, envelope, req_id, exc)
 
     # ---------------------------------------------------------------- results
@@ -310,8 +329,10 @@ class GatewayCore:
                 self.park(tag[2], p)
                 continue
             if "ok" in result:
+                self.count(p.op, "OK")
                 self.reply(p.ident, p.envelope, p.req_id, "ok", result["ok"])
             else:
+                self.count(p.op, result["err"].get("code", "INTERNAL"))
                 self.reply(p.ident, p.envelope, p.req_id, "err", result["err"])
         for queue, count in (msg.get("woken") or {}).items():
             self.wake(queue, count, now)
@@ -350,12 +371,14 @@ class GatewayCore:
             p = self.parked.get(seq)
             if p is not None and p.wait_until <= now:
                 self.unpark(seq)
+                self.count("fetch", "OK")
                 self.reply(p.ident, p.envelope, p.req_id, "ok", {"jobs": []})
                 continue
             p = self.pending.get(seq)
             if p is not None and p.deadline <= now:
                 del self.pending[seq]
                 self.stats["timeouts"] += 1
+                self.count(p.op, "UNAVAILABLE")
                 self.reply(p.ident, p.envelope, p.req_id, "err", {
                     "code": "UNAVAILABLE", "reason": "timeout",
                     "message": f"no outcome for {p.op} in time (a node process may be restarting); "
@@ -403,7 +426,8 @@ class GatewayCore:
             "snapshot": raft.get("snapshot"),
             "journal_entries": raft.get("journal_entries"),
             "actors": self.actors,
-            "gateway": {"pending": len(self.pending), "parked_fetches": len(self.parked), **self.stats},
+            "gateway": {"pending": len(self.pending), "parked_fetches": len(self.parked), **self.stats,
+                        "answers": [[op, code, n] for (op, code), n in sorted(self.answers.items())]},
             "pipeline": {
                 "queue_wait_ms": self.admission_status.get("queue_wait_ms"),
                 "apply_ms": raft.get("apply_ms"),

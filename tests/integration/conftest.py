@@ -31,11 +31,15 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, message: str = "
 
 
 class Node:
-    def __init__(self, data_dir: str, extra_args=()):
+    def __init__(self, data_dir: str, extra_args=(), http: bool = False):
         self.data_dir = str(data_dir)
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        self.extra_args = list(extra_args)
+        #: The http actor (JSON API, UI, /metrics) on a free port, or off (most tests do not need it).
+        self.http_port = free_port() if http else None
+        self.http_url = f"http://127.0.0.1:{self.http_port}" if http else None
+        http_args = ["--http-bind", f"127.0.0.1:{self.http_port}"] if http else ["--http=false"]
+        self.extra_args = http_args + list(extra_args)
         self.proc: subprocess.Popen | None = None
         self.known_pids: set[int] = set()
         self._clients: list[Client] = []
@@ -131,8 +135,8 @@ class Node:
 def node_factory(tmp_path):
     nodes: list[Node] = []
 
-    def make(name: str = "node", extra_args=(), start: bool = True) -> Node:
-        node = Node(tmp_path / name, extra_args)
+    def make(name: str = "node", extra_args=(), start: bool = True, http: bool = False) -> Node:
+        node = Node(tmp_path / name, extra_args, http=http)
         nodes.append(node)
         if start:
             node.start()
