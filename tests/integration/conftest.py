@@ -159,3 +159,11 @@ def node(node_factory) -> Node:
 @pytest.fixture
 def client(node) -> Client:
     return node.client()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (`rep_call`), for fixtures that act on a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
