@@ -14,6 +14,7 @@ from jobbie.transport.client import Client
 
 from . import scenarios as S
 from .driver import run, run_groups
+from .http_driver import run_http
 from .servers import ceiling_server, jobbie_node, wait_mirrored
 
 
@@ -107,7 +108,9 @@ def set_budgets(endpoint: str):
 
 class Bench:
     def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress,
-                 mirror: bool = True, usage: bool = False, budgets: bool = False, agent: bool = False):
+                 mirror: bool = True, usage: bool = False, budgets: bool = False, agent: bool = False,
+                 http: bool = False):
+        self.http = http
         self.usage = usage
         self.budgets = budgets
         self.agent = agent
@@ -120,7 +123,7 @@ class Bench:
         self.records: list[dict] = []
         self.meta = machine()
 
-    def _node(self):
+    def _node(self, http: bool = False):
         if self.server:
             class External:
                 endpoint = self.server
@@ -131,11 +134,11 @@ class Bench:
                 def __exit__(s, *exc):
                     return None
             return External()
-        return jobbie_node(durable=self.durable, mirror=self.mirror)
+        return jobbie_node(durable=self.durable, mirror=self.mirror, http=self.http or http)
 
     def record(self, scenario: str, concurrency: int, repeat: int, result: dict, **extra):
         rec = {"scenario": scenario, "concurrency": concurrency, "repeat": repeat, **result, **extra,
-               "durable": self.durable, "mirror": self.mirror, "usage": self.usage, "budgets": self.budgets, "agent": self.agent, "duration_s": self.duration, **self.meta,
+               "durable": self.durable, "mirror": self.mirror, "http": self.http, "usage": self.usage, "budgets": self.budgets, "agent": self.agent, "duration_s": self.duration, **self.meta,
                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.records.append(rec)
         errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
@@ -156,10 +159,13 @@ class Bench:
 
     def scenario(self, name: str, concurrency: int, repeat: int, ceiling: float | None = None,
                  batch_size: int = 1000, work_ms: float = 0.0):
-        with self._node() as node:
+        with self._node(http=name == "http-unary") as node:
             if self.budgets:
                 set_budgets(node.endpoint)
-            if name == "unary":
+            if name == "http-unary" and not getattr(node, "http_url", None):
+                raise ValueError("http-unary needs a node started here (not --server), with its http actor")
+            workload = None
+            if name in ("unary", "http-unary"):
                 workload = S.Unary(agent=self.agent)
             elif name == "batch":
                 workload = S.Batch(batch_size)
@@ -175,12 +181,15 @@ class Bench:
                     wait_mirrored(client, timeout=60.0)  # the prefill's rows are written before the clock starts
             pids = actor_pids(node.endpoint) if not self.server else {}
             before = counters(pids)
-            result = summarize(run(node.endpoint, workload, concurrency, self.duration))
+            if name == "http-unary":
+                result = summarize(run_http(node.http_url, concurrency, self.duration))
+            else:
+                result = summarize(run(node.endpoint, workload, concurrency, self.duration))
             if pids:
                 time.sleep(0.3)  # the mirror writes the run's last changes (it takes them in every 100 ms)
                 result.update(per_op(before, counters(pids), max(1.0, result["ops_per_s"] * self.duration)))
         extra = {}
-        if ceiling and name == "unary":
+        if ceiling and name in ("unary", "http-unary"):
             extra["ceiling_ops_per_s"] = ceiling
             extra["ratio_to_ceiling"] = result["ops_per_s"] / ceiling
         return self.record(name, concurrency, repeat, result, **extra)
@@ -198,15 +207,19 @@ class Bench:
         return self.record("fair-light", 1, repeat, light, p99_ratio_to_alone=ratio)
 
 
+SCENARIOS = ("unary", "batch", "lifecycle", "mixed", "fairness", "http-unary")
+
+
 def medians(records: list[dict]) -> list[dict]:
     groups: dict[tuple, list] = {}
     for r in records:
         # The ceiling does not depend on the node's mirror.
         mirror = None if r["scenario"] == "ceiling" else r.get("mirror")
-        groups.setdefault((r["scenario"], r["concurrency"], mirror), []).append(r)
+        http = None if r["scenario"] == "ceiling" else bool(r.get("http"))
+        groups.setdefault((r["scenario"], r["concurrency"], mirror, http), []).append(r)
     out = []
-    for (scenario, concurrency, mirror), rs in groups.items():
-        row = {"scenario": scenario, "concurrency": concurrency, "mirror": mirror, "runs": len(rs)}
+    for (scenario, concurrency, mirror, http), rs in groups.items():
+        row = {"scenario": scenario, "concurrency": concurrency, "mirror": mirror, "http": http, "runs": len(rs)}
         for key in ("ops_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "ratio_to_ceiling", "p99_ratio_to_alone",
                     "server_cpu_us_per_op", "csw_per_op", "icsw_per_op"):
             values = [r[key] for r in rs if r.get(key) is not None]
@@ -224,23 +237,25 @@ def medians(records: list[dict]) -> list[dict]:
     return out
 
 
-def mirror_cost(rows: list[dict], records: list[dict] = ()) -> list[dict]:
-    """For each (scenario, clients) measured with the mirror on and off: on ÷ off of the medians, the
-    on ÷ off of each pair of runs (same repeat, one after the other, so the machine's drift hits both
-    alike) and the mirror's share of the node's CPU in the runs with it on."""
-    by_key = {(r["scenario"], r["concurrency"], r.get("mirror")): r for r in rows}
+def mirror_cost(rows: list[dict], records: list[dict] = (), toggle: str = "mirror") -> list[dict]:
+    """For each (scenario, clients) measured with the mirror (or `toggle`: the http actor) on and
+    off: on ÷ off of the medians, the on ÷ off of each pair of runs (same repeat, one after the
+    other, so the machine's drift hits both alike) and that actor's share of the node's CPU in the
+    runs with it on."""
+    by_key = {(r["scenario"], r["concurrency"], bool(r.get(toggle))): r for r in rows if r.get(toggle) is not None}
     out = []
-    for (scenario, concurrency, mirror), on in by_key.items():
+    for (scenario, concurrency, flag), on in by_key.items():
         off = by_key.get((scenario, concurrency, False))
-        if mirror is True and off is not None and off["ops_per_s"]:
+        if flag is True and off is not None and off["ops_per_s"]:
             runs = [r for r in records if r["scenario"] == scenario and r["concurrency"] == concurrency]
             pairs: dict = {}
             for r in runs:
-                pairs.setdefault(r["repeat"], {})[bool(r.get("mirror"))] = r["ops_per_s"]
+                pairs.setdefault(r["repeat"], {})[bool(r.get(toggle))] = r["ops_per_s"]
             ratios = sorted(p[True] / p[False] for p in pairs.values() if p.get(True) and p.get(False))
-            shares = [r["cpu_us_per_op"]["mirror"] / sum(r["cpu_us_per_op"].values())
-                      for r in runs if r.get("mirror") and r.get("cpu_us_per_op", {}).get("mirror") is not None]
-            out.append({"scenario": scenario, "concurrency": concurrency, "on_ops_per_s": on["ops_per_s"],
+            shares = [r["cpu_us_per_op"][toggle] / sum(r["cpu_us_per_op"].values())
+                      for r in runs if r.get(toggle) and r.get("cpu_us_per_op", {}).get(toggle) is not None]
+            out.append({"toggle": toggle, "scenario": scenario, "concurrency": concurrency,
+                        "on_ops_per_s": on["ops_per_s"],
                         "off_ops_per_s": off["ops_per_s"], "on_over_off": on["ops_per_s"] / off["ops_per_s"],
                         "on_p99_ms": on["p99_ms"], "off_p99_ms": off["p99_ms"], "pair_ratios": ratios,
                         "pair_median": statistics.median(ratios) if ratios else None,
@@ -249,14 +264,14 @@ def mirror_cost(rows: list[dict], records: list[dict] = ()) -> list[dict]:
 
 
 def cost_line(c: dict) -> str:
-    line = (f"mirror on/off: {c['scenario']} c{c['concurrency']} {c['on_over_off']:.3f} "
+    line = (f"{c.get('toggle', 'mirror')} on/off: {c['scenario']} c{c['concurrency']} {c['on_over_off']:.3f} "
             f"({c['on_ops_per_s']:,.0f} / {c['off_ops_per_s']:,.0f} ops/s; "
             f"p99 {c['on_p99_ms']:.2f} / {c['off_p99_ms']:.2f} ms)")
     if c.get("pair_ratios"):
         r = c["pair_ratios"]
         line += f"; pairs: median {c['pair_median']:.3f}, {r[0]:.3f}-{r[-1]:.3f} over {len(r)}"
     if c.get("mirror_cpu_share") is not None:
-        line += f"; mirror {c['mirror_cpu_share']:.1%} of the node's CPU"
+        line += f"; {c.get('toggle', 'mirror')} {c['mirror_cpu_share']:.1%} of the node's CPU"
     return line
 
 
@@ -269,7 +284,8 @@ def markdown(rows: list[dict]) -> str:
         ratio = f"{r['ratio_to_ceiling']:.2f}" if r.get("ratio_to_ceiling") else ""
         if r.get("p99_ratio_to_alone"):
             ratio = f"p99 {r['p99_ratio_to_alone']:.2f}× alone"
-        label = r["scenario"] + (", mirror off" if r.get("mirror") is False else "")
+        label = r["scenario"] + (", mirror off" if r.get("mirror") is False else "") + \
+            (", http actor on" if r.get("http") and r["scenario"] != "http-unary" else "")
         cpu = f"{r['server_cpu_us_per_op']:.0f}" if r.get("server_cpu_us_per_op") is not None else ""
         csw = (f"{r['csw_per_op']:.2f} + {r['icsw_per_op']:.2f}" if r.get("csw_per_op") is not None else "")
         lines.append(f"| {label} | {r['concurrency']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.2f} | "
@@ -281,11 +297,12 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
          repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
          server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
          markdown_out: str | None = None, mirror: bool | str = True, usage: bool = False,
-         budgets: bool = False, agent: bool = False):
+         budgets: bool = False, agent: bool = False, http: bool | str = False):
     """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
 
     Args:
-      scenarios: Comma-separated: unary, batch, lifecycle, mixed, fairness.
+      scenarios: Comma-separated: unary, batch, lifecycle, mixed, fairness, http-unary (enqueue over the
+        http actor's JSON API, one keep-alive connection per client).
       concurrency: Comma-separated client counts to sweep, e.g. 10,50,100,200.
       duration: Seconds per run.
       repeats: Runs per (scenario, concurrency); the median is reported.
@@ -295,6 +312,8 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
       mirror: Start the node with its mirror actor (false: --mirror=false). "both": every run twice,
         mirror on and off, alternating which goes first, and an on/off line per scenario: the mirror's
         cost, measured so that the machine's drift hits both sides alike.
+      http: Start the node with its http actor (idle unless the scenario is http-unary). "both": every
+        run twice, http actor on and off, alternating, and an on/off line per scenario.
       usage: Every ack of the lifecycle scenario carries a usage map (tokens, model, cost), so runs with
         and without it show what usage accounting costs.
       budgets: Set two budgets that match every job (and never run out) before each run, so runs with and
@@ -308,29 +327,38 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
       markdown_out: Also write the median table (markdown) to this file.
     """
     names = [s.strip() for s in str(scenarios).split(",") if s.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise SystemExit(f"jobbie bench: unknown scenario {', '.join(unknown) or '(none given)'}; "
+                         f"pick from {', '.join(SCENARIOS)}")
     levels = [int(c) for c in str(concurrency).split(",") if str(c).strip()]
     quiet = output == "json"
-    modes = [True, False] if mirror == "both" else [bool(mirror)]
+    if mirror == "both" and http == "both":
+        raise SystemExit("jobbie bench: compare one actor at a time: --mirror both or --http both, not both")
+    toggle = "http" if http == "both" else "mirror"
+    modes = [True, False] if "both" in (mirror, http) else [bool(mirror if toggle == "mirror" else http)]
     bench = Bench(float(duration), int(repeats), bool(durable), server,
-                  progress=(lambda line: print(line, file=sys.stderr, flush=True)), mirror=modes[0],
-                  usage=bool(usage), budgets=bool(budgets), agent=bool(agent))
+                  progress=(lambda line: print(line, file=sys.stderr, flush=True)),
+                  mirror=modes[0] if toggle == "mirror" else bool(mirror),
+                  usage=bool(usage), budgets=bool(budgets), agent=bool(agent),
+                  http=modes[0] if toggle == "http" else bool(http))
     total = len(levels) * int(repeats)
     for repeat in range(int(repeats)):
         for c in levels:
-            roof = bench.ceiling(c, repeat) if ceiling and "unary" in names else None
+            roof = bench.ceiling(c, repeat) if ceiling and ({"unary", "http-unary"} & set(names)) else None
             for name in names:
                 if name == "fairness":
                     if c == levels[0]:
-                        bench.mirror = modes[0]
+                        setattr(bench, toggle, modes[0])
                         bench.fairness(repeat)
                     continue
                 # With both modes, alternate which goes first so drift does not favour one.
                 for flag in (modes if repeat % 2 == 0 else modes[::-1]):
-                    bench.mirror = flag
+                    setattr(bench, toggle, flag)
                     bench.scenario(name, c, repeat, roof, batch_size=batch_size, work_ms=work_ms)
         bench.progress(f"-- repeat {repeat + 1}/{repeats} done ({(repeat + 1) * len(levels)}/{total} sweeps)")
     rows = medians(bench.records)
-    cost = mirror_cost(rows, bench.records)
+    cost = mirror_cost(rows, bench.records, toggle)
     if json_out:
         with open(json_out, "a") as f:
             for r in bench.records:

@@ -179,12 +179,13 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
               repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
               server: str = None, ceiling: bool = True, output: str = "text", json_out: str = None,
               markdown_out: str = None, mirror: str = "true", usage: bool = False, budgets: bool = False,
-              agent: bool = False):
+              agent: bool = False, http: str = "false"):
         """Load-test a node over the wire protocol (closed loop); medians of repeated runs, with the ZeroMQ ceiling.
 
         Starts a fresh node (and a bare ROUTER echo for the ceiling) per run unless --server is given.
-        Scenarios: unary, batch, lifecycle, mixed, fairness. --mirror both runs each scenario with the
-        mirror on and off, alternating, and reports on/off. --usage true makes every lifecycle ack carry a
+        Scenarios: unary, batch, lifecycle, mixed, fairness, http-unary (enqueue over the JSON API). --mirror
+        both runs each scenario with the mirror on and off, alternating, and reports on/off; --http both does
+        the same with the http actor (idle: what it costs the ZeroMQ path to have it running). --usage true makes every lifecycle ack carry a
         usage map (compare with a run without it); --budgets true sets two budgets every job falls under
         (global and namespace, never spent) before each run; --agent true runs agent jobs (every lifecycle
         ack continues: an iteration recorded, the job re-queued). See bench/README.md.
@@ -195,7 +196,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                    batch_size=batch_size, work_ms=work_ms, durable=_flag(durable), server=server,
                    ceiling=_flag(ceiling), output=output, json_out=json_out, markdown_out=markdown_out,
                    mirror="both" if str(mirror).lower() == "both" else _flag(mirror), usage=_flag(usage),
-                   budgets=_flag(budgets), agent=_flag(agent))
+                   budgets=_flag(budgets), agent=_flag(agent),
+                   http="both" if str(http).lower() == "both" else _flag(http))
 
     def status(self, server: str = None, output: str = "text"):
         """Show the node: raft role, indexes, durability mode, actor processes."""

@@ -121,7 +121,7 @@ OK_FIELD_DOCS = {
     ("cluster_status", "applied_index"): "Last raft index applied on this node (same freshness).",
     ("cluster_status", "durable"): "`true` when started with `--durable`.",
     ("cluster_status", "actors"): "List of `{name, pid, restarts, alive}`: raft, admission, gateway, lifecycle, "
-                                  "mirror (unless `--mirror=false`), usage (unless `--usage=false`), "
+                                  "mirror (unless `--mirror=false`), usage (unless `--usage=false`), http (unless `--http=false`), "
                                   "supervisor.",
     ("tick", "promoted"): "Scheduled/retrying jobs moved to `pending`.",
     ("tick", "reclaimed"): "Active jobs whose lease expired.",
@@ -236,8 +236,10 @@ OK_EXTRA = {
                      "`entry_commit_ms` (admission to applied), `entry_ops` (ops per entry), each "
                      "`{count, p50, p90, p99, max}` over recent samples; and `admission` (in-flight counts, "
                      "limits, refusals)."),
-        ("gateway", "`{pending, parked_fetches, requests, invalid, oversize, timeouts}` counters of this gateway "
-                    "(`oversize`: request frames over 8 MiB, refused; `invalid` counts them too)."),
+        ("gateway", "`{pending, parked_fetches, requests, invalid, oversize, timeouts, answers}` counters of this "
+                    "gateway (`oversize`: request frames over 8 MiB, refused; `invalid` counts them too; `answers`: "
+                    "`[op, code, count]` rows, code `OK` or the error code, an op name outside the registry "
+                    "counted as `unknown`)."),
         ("mirror", "Once the mirror has reported: `{applied_index, lag, dropped_updates, rebuilds, ...}` (its "
                    "raft index, how far it is behind this node's applied index, change frames it lost and "
                    "repaired from LMDB, rebuilds so far); see search.md."),

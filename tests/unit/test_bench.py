@@ -74,3 +74,22 @@ def test_markdown_shows_cpu_and_context_switches():
            "server_cpu_us_per_op": 212.4, "csw_per_op": 3.1, "icsw_per_op": 0.25}
     line = bench_run.markdown([row]).splitlines()[-1]
     assert "| 212 | 3.10 + 0.25 |" in line
+
+
+def test_http_actor_cost_pairs_runs_like_the_mirror():
+    # Given runs with the http actor on and off (the mirror on in both)
+    records = [dict(run("unary", r, True, ops, cpu={"raft": 60, "gateway": 30, "http": 1}), http=on)
+               for r, on, ops in ((0, True, 990), (0, False, 1000), (1, False, 800), (1, True, 780))]
+    [cost] = mirror_cost(medians(records), records, "http")
+    # Then the cost line is about the http actor, not the mirror
+    assert cost["toggle"] == "http" and cost["pair_ratios"] == pytest.approx([0.975, 0.99])
+    assert cost_line(cost).startswith("http on/off: unary c10")
+    assert mirror_cost(medians(records), records) == []  # the mirror was never off
+
+
+def test_an_unknown_scenario_is_one_line_before_anything_starts():
+    with pytest.raises(SystemExit) as info:
+        bench_run.main(scenarios="unary,nope")
+    assert "unknown scenario nope" in str(info.value) and "http-unary" in str(info.value)
+    with pytest.raises(SystemExit):
+        bench_run.main(scenarios="unary", mirror="both", http="both")
