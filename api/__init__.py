@@ -2,9 +2,10 @@
 
 The Python API in one import:
 
-    from jobbie import Client, Worker
+    from jobbie import App, Client, Worker
 
-`Client` talks to a node (or several) over the wire protocol; `Worker` runs handlers for queues.
+`Client` talks to a node (or several) over the wire protocol; `Worker` runs handlers for queues;
+`App` is a registry of tasks (`@app.task("queue")`) run by `app.run()` or `jobbie worker module:app`.
 The server itself is `jobbie server` (the `jobbie.actors` package); everything else lives in
 `jobbie.transport`, `jobbie.storage` and `jobbie.cli`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from jobbie.transport.app import App
 from jobbie.transport.client import Client
 from jobbie.transport.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument, JobbieError,
                                      NotFound, ResourceExhausted, Unavailable)
@@ -22,6 +24,6 @@ try:
 except _metadata.PackageNotFoundError:  # running from a tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Client", "Worker", "Job", "Cancelled", "BudgetExceeded", "Continue", "Done", "Hold", "JobbieError", "InvalidArgument", "NotFound",
+__all__ = ["App", "Client", "Worker", "Job", "Cancelled", "BudgetExceeded", "Continue", "Done", "Hold", "JobbieError", "InvalidArgument", "NotFound",
            "FailedPrecondition", "AlreadyExists", "ResourceExhausted", "Unavailable", "Internal",
            "__version__"]

@@ -197,10 +197,13 @@ class Worker:
 
     def __init__(self, handlers: dict, server: str | None = None, client: Client | None = None,
                  concurrency: int = 4, lease_ms: int = 30_000, heartbeat_ms: int | None = None,
-                 wait_ms: int = 2000, drain_timeout: float = 30.0, worker_id: str | None = None):
+                 wait_ms: int = 2000, drain_timeout: float = 30.0, worker_id: str | None = None,
+                 leases: dict | None = None):
         if not handlers:
             raise ValueError("a worker needs at least one handler: {queue: function}")
         self.handlers = dict(handlers)
+        #: Queues whose jobs are fetched with a lease of their own ({queue: lease_ms}); the rest use lease_ms.
+        self.leases = {q: ms for q, ms in (leases or {}).items() if q in self.handlers and ms}
         self.client = client or Client(server)
         self._own_client = client is None
         self.concurrency = concurrency
@@ -251,21 +254,38 @@ class Worker:
                 self.client.close()
 
     # ---------------------------------------------------------------- fetching
+    def _fetch_groups(self) -> list[tuple[int, list[str]]]:
+        """(lease_ms, queues) per fetch request: one fetch carries one lease length."""
+        groups: dict[int, list[str]] = {}
+        for queue in self.handlers:
+            groups.setdefault(self.leases.get(queue, self.lease_ms), []).append(queue)
+        return list(groups.items())
+
     def _fetch_loop(self):
-        queues = list(self.handlers)
+        groups = self._fetch_groups()
+        turn = 0
         while not self._stopping.is_set():
             if not self._slots.acquire(timeout=0.2):
                 continue
             free = 1
             while free < self.concurrency and self._slots.acquire(blocking=False):
                 free += 1
-            try:
-                jobs = self.client.fetch(queues, self.worker_id, count=free, wait_ms=self.wait_ms,
-                                         lease_ms=self.lease_ms, hostname=self.hostname)
-            except JobbieError as exc:
-                log.warning("fetch failed: %s", exc)
-                jobs = []
-                self._stopping.wait(0.5)
+            jobs = []
+            # Several lease lengths: every group is asked without waiting, and one of them (in turn)
+            # long-polls when the others had nothing.
+            turn = (turn + 1) % len(groups)
+            order = groups[turn:] + groups[:turn]
+            for i, (lease_ms, queues) in enumerate(order):
+                if len(jobs) >= free:
+                    break
+                wait_ms = self.wait_ms if i == len(order) - 1 and not jobs else 0
+                try:
+                    jobs += self.client.fetch(queues, self.worker_id, count=free - len(jobs), wait_ms=wait_ms,
+                                              lease_ms=lease_ms, hostname=self.hostname)
+                except JobbieError as exc:
+                    log.warning("fetch failed: %s", exc)
+                    self._stopping.wait(0.5)
+                    break
             for _ in range(free - len(jobs)):
                 self._slots.release()
             for data in jobs:
