@@ -17,13 +17,13 @@ from jobbie.transport.app import App
 from jobbie.transport.client import Client
 from jobbie.transport.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument, JobbieError,
                                      NotFound, ResourceExhausted, Unavailable)
-from jobbie.transport.worker import BudgetExceeded, Cancelled, Continue, Done, Hold, Job, Worker
+from jobbie.transport.worker import BudgetExceeded, Cancelled, Continue, Done, Hold, Job, TimedOut, Worker
 
 try:
     __version__ = _metadata.version("jobbie")
 except _metadata.PackageNotFoundError:  # running from a tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["App", "Client", "Worker", "Job", "Cancelled", "BudgetExceeded", "Continue", "Done", "Hold", "JobbieError", "InvalidArgument", "NotFound",
+__all__ = ["App", "Client", "Worker", "Job", "Cancelled", "TimedOut", "BudgetExceeded", "Continue", "Done", "Hold", "JobbieError", "InvalidArgument", "NotFound",
            "FailedPrecondition", "AlreadyExists", "ResourceExhausted", "Unavailable", "Internal",
            "__version__"]

@@ -144,6 +144,7 @@ class App:
                       concurrency=concurrency or self.concurrency,
                       heartbeat_ms=heartbeat_ms or self.heartbeat_ms,
                       leases={q: self.tasks[q].lease_ms for q in wanted if self.tasks[q].lease_ms},
+                      timeouts={q: self.tasks[q].timeout for q in wanted if self.tasks[q].timeout},
                       **options)
 
     def run(self, queues=None, concurrency: int | None = None, server: str | None = None,
