@@ -218,6 +218,15 @@ def heartbeat_parts(entries: dict, bytes_max: int = HEARTBEAT_BYTES_MAX) -> list
     return parts
 
 
+def default_heartbeat_ms(lease_ms: int) -> int:
+    """A third of the lease, from 500 ms up to 2 s (a lease under 1.5 s gets 500 ms)."""
+    return min(HEARTBEAT_MS_MAX_DEFAULT, max(500, lease_ms // 3))
+
+
+#: Longest default heartbeat interval: how long a cancel may take to reach a handler.
+HEARTBEAT_MS_MAX_DEFAULT = 2000
+
+
 class Worker:
     """Runs handlers for the given queues until stopped."""
 
@@ -236,7 +245,8 @@ class Worker:
         self._own_client = client is None
         self.concurrency = concurrency
         self.lease_ms = lease_ms
-        self.heartbeat_s = (heartbeat_ms or max(500, lease_ms // 3)) / 1000.0
+        # At most 2 s by default: cancellation and budget news reach handlers within about that long.
+        self.heartbeat_s = (heartbeat_ms or default_heartbeat_ms(lease_ms)) / 1000.0
         self.wait_ms = wait_ms
         self.drain_timeout = drain_timeout
         self.hostname = socket.gethostname()
@@ -270,8 +280,8 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        log.info("worker %s: queues %s, concurrency %d, server %s", self.worker_id, ", ".join(self.handlers),
-                 self.concurrency, self.client.endpoint)
+        log.info("worker %s: queues %s, concurrency %d, heartbeat %g s, server %s", self.worker_id,
+                 ", ".join(self.handlers), self.concurrency, self.heartbeat_s, self.client.endpoint)
         beat = threading.Thread(target=self._heartbeat_loop, name="jobbie-heartbeat", daemon=True)
         beat.start()
         try:
@@ -392,8 +402,7 @@ class Worker:
         """Report the outcome; returns what became of the job, for the log line."""
         if job.lost:
             return "lease lost, outcome discarded"  # someone else holds the job now
-        extra = job.take_heartbeat()
-        extra.pop("progress", None)
+        extra = self._final_report(job)
         if getattr(job, "_usage", None):
             extra["usage"] = job._usage  # the attempt's final figures go with its outcome
         if paused and job.checkpoint is not None:
@@ -438,6 +447,18 @@ class Worker:
         finally:
             job.lost = True  # reported (or abandoned): nothing more goes out for it
 
+    def _final_report(self, job: Job) -> dict:
+        """What the ack or fail carries that was not sent yet (checkpoint, usage, attempt). Neither op
+        takes `progress`: progress set since the last heartbeat goes out in one heartbeat first."""
+        extra = job.take_heartbeat()
+        if "progress" in extra:
+            try:
+                self.client.heartbeat(self.worker_id, {job.id: {"progress": extra.pop("progress"),
+                                                                "attempt": job.attempt}})
+            except JobbieError as exc:
+                log.warning("job %s: could not send its last progress: %s", job.id, exc)
+        return extra
+
     # -------------------------------------------------------------- heartbeats
     def _heartbeat_loop(self):
         # Keeps beating through a drain (leases must not expire while jobs finish),
@@ -477,8 +498,7 @@ class Worker:
         for job in left:
             job.cancelled = True  # cooperative handlers stop at their next check()
             if not job.lost:
-                extra = job.take_heartbeat()
-                extra.pop("progress", None)
+                extra = self._final_report(job)
                 try:
                     self.client.fail(job.id, "worker shut down before the job finished", **extra)
                 except JobbieError as exc:

@@ -408,3 +408,61 @@ def test_the_server_ends_an_attempt_at_its_timeout_whatever_the_heartbeats(node,
     assert answers[0] == "ok" and answers[-1] == "lost"
     rec = client.get_job(job_id)
     assert (rec["state"], rec["last_error"]) == ("dead", "timeout after 1000 ms")
+
+
+# --------------------------------------------------------------------------- last progress and checkpoint
+def test_progress_and_checkpoint_set_right_before_the_end_are_kept(node, client):
+    # Given handlers that report progress and a checkpoint just before they return or raise,
+    # under a worker whose periodic heartbeat never comes (60 s)
+    def handler(job):
+        job.progress({"done": 100})
+        job.save_checkpoint({"step": "last", "n": job.payload["n"]})
+        if job.payload.get("fail"):
+            raise RuntimeError("after the last step")
+        return "ok"
+
+    ok_id = client.enqueue("last-words", {"n": 1})
+    bad_id = client.enqueue("last-words", {"n": 2, "fail": True}, max_retries=0)
+    quiet_id = client.enqueue("quiet", {})
+    worker = make_worker(node, {"last-words": handler, "quiet": lambda job: "quiet"}, concurrency=1,
+                         heartbeat_ms=60_000)
+    beats = []
+    heartbeat = worker.client.heartbeat
+    worker.client.heartbeat = lambda worker_id, jobs: beats.append(dict(jobs)) or heartbeat(worker_id, jobs)
+    with running(worker):
+        ok = wait_state(client, ok_id, "completed")
+        bad = wait_state(client, bad_id, "dead")
+        wait_state(client, quiet_id, "completed")
+    # Then both outcomes carry the last progress and checkpoint
+    assert ok["progress"] == {"done": 100} and ok["checkpoint"] == {"step": "last", "n": 1}
+    assert bad["progress"] == {"done": 100} and bad["checkpoint"] == {"step": "last", "n": 2}
+    # And exactly one heartbeat per job with unsent progress went out (none for the quiet job)
+    assert sorted(j for beat in beats for j in beat) == sorted([ok_id, bad_id])
+    assert all(set(entry) == {"progress", "attempt"} for beat in beats for entry in beat.values())
+
+
+def test_the_default_heartbeat_lets_a_cancel_reach_the_handler_within_about_2_s(node, client):
+    job_id = client.enqueue("cancel-default", {})
+    started, saw = threading.Event(), threading.Event()
+
+    def handler(job):
+        started.set()
+        while True:
+            try:
+                job.check()
+            except Cancelled:
+                saw.set()
+                raise
+            time.sleep(0.02)
+
+    # Given a worker with the default lease (30 s) and no heartbeat_ms
+    worker = make_worker(node, {"cancel-default": handler}, concurrency=1)
+    assert worker.heartbeat_s == 2.0
+    with running(worker):
+        assert started.wait(10.0)
+        # When the job is cancelled / Then the handler sees it within one interval (plus a commit)
+        client.cancel(job_id)
+        at = time.monotonic()
+        assert saw.wait(5.0)
+        assert time.monotonic() - at < 2.6
+        wait_state(client, job_id, "cancelled")

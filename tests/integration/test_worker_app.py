@@ -90,7 +90,7 @@ def test_jobbie_worker_runs_the_apps_tasks_and_logs_one_line_per_job(node, tmp_p
         assert "ValueError: no such mailbox" in c.get_job(bad)["last_error"]
     assert proc.returncode == 0, err
     # And stderr has the start line and exactly one line per job
-    assert re.search(r"INFO worker \S+: queues emails, sms, reports, concurrency 2", err), err
+    assert re.search(r"INFO worker \S+: queues emails, sms, reports, concurrency 2, heartbeat 2 s", err), err
     for job_id in [*mails, text, report]:
         lines = [line for line in err.splitlines() if f" {job_id} " in line]
         assert len(lines) == 1 and re.search(rf"{job_id} attempt 1: completed in \d+ ms", lines[0]), lines
@@ -104,8 +104,8 @@ def test_queues_flag_serves_only_the_given_queues_and_module_alone_means_app(nod
         mail = c.enqueue("emails", {"to": "a"})
         report = c.enqueue("reports", {"n": 1})
         # When the worker serves only `emails` (the module given alone: its attribute `app`)
-        proc = start_worker(tmp_path, "tasks", "--queues", "emails", "--concurrency", "1", "--server",
-                            node.endpoint)
+        proc = start_worker(tmp_path, "tasks", "--queues", "emails", "--concurrency", "1", "--heartbeat", "700ms",
+                            "--server", node.endpoint)
         try:
             wait_for(lambda: c.get_job(mail)["state"] == "completed", 20, interval=0.1, message="the mail job")
             time.sleep(0.5)
@@ -113,7 +113,7 @@ def test_queues_flag_serves_only_the_given_queues_and_module_alone_means_app(nod
             assert c.get_job(report)["state"] == "pending"
         finally:
             out, err = stop(proc)
-    assert "queues emails, concurrency 1" in err, err
+    assert "queues emails, concurrency 1, heartbeat 0.7 s" in err, err
 
 
 @pytest.mark.parametrize("args, expected", [
