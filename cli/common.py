@@ -4,9 +4,9 @@ from __future__ import annotations
 import difflib
 import getpass
 import json
-import re
 import sys
 
+from jobbie.transport.app import _SPAN, _UNIT_MS, duration_ms  # noqa: F401 (the CLI's duration grammar)
 from jobbie.transport.client import Client, server_endpoint
 from jobbie.transport.errors import JobbieError
 
@@ -31,18 +31,14 @@ def _fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-_SPAN = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)?\Z")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
-
-
 def _duration(value, name):
     """`500ms`, `30s`, `15m`, `2h`, `7d`, `1w` or plain milliseconds, as milliseconds."""
     if value is None:
         return None
-    m = _SPAN.match(str(value).strip().lower())
-    if not m:
-        _fail(f"{name} must be a duration such as 500ms, 30s, 15m, 2h or 7d; got {value!r}", 2)
-    return int(m.group(1)) * _UNIT_MS[m.group(2) or "ms"]
+    try:
+        return duration_ms(value, name)
+    except ValueError as exc:
+        _fail(str(exc), 2)
 
 
 def _warn_if_unknown_queue(server, queue: str):

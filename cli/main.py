@@ -22,6 +22,7 @@ from .search import SearchCommands
 from .agents import AgentCommands
 from .budgets import BudgetCommands
 from .usage import UsageCommands
+from .worker import WorkerCommands
 
 
 class ClusterCli:
@@ -43,7 +44,7 @@ class ClusterCli:
         return _run(server, output, "cluster_remove", {"address": str(address)}, lambda r: f"removed {address}")
 
 
-class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands):
+class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands, WorkerCommands):
     """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
 
     Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.

@@ -96,7 +96,9 @@ OK_FIELD_DOCS = {
     ("enqueue_batch", "job_ids"): "One id per entry of `jobs`, same order (an existing job's id where a unique key was taken).",
     ("enqueue_batch", "batch_id"): "`bat_...` id of the batch, or nil when `batch` was not given.",
     ("fetch", "jobs"): "Leased jobs, best first: maps `{job_id, queue, payload, attempt, max_retries, lease_ms, "
-                       "checkpoint, tags, agent}`. Empty list when nothing was found within `wait_ms`.",
+                       "checkpoint, tags, agent, timeout_ms}` (`timeout_ms`: the attempt's time limit, nil "
+                       "without one; agent jobs add `iteration` and `approval`). Empty list when nothing was "
+                       "found within `wait_ms`.",
     ("ack", "state"): "`completed`, or `held` with agent_status `hold`.",
     ("fail", "state"): "`retrying` (attempts left; with backoff 0 it is promoted to `pending` by the next lifecycle tick), `dead`, or `cancelled` (cancel was requested).",
     ("fail", "next_attempt_at"): "When the job may run again (ms since epoch); nil when `dead` or `cancelled`.",

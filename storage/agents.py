@@ -20,9 +20,10 @@ nothing is killed silently and a person can extend it or stop it):
 `max_iterations` (hold_reason `max_iterations`), `max_cost_usd` over all
 iterations (`max_cost`; also checked at heartbeat and reserved at fetch like
 any budget, see storage/budgets.py), `loop_window` identical consecutive
-iterations (`loop_detected`), and `iteration_timeout`: an attempt's lease
-never runs past started_at + iteration_timeout, so an iteration that takes
-longer loses its lease and counts as a failed attempt.
+iterations (`loop_detected`), and `iteration_timeout`: the attempt time limit
+every job may have (`timeout_ms`, storage/apply.py `start_attempt`): an
+attempt's lease never runs past started_at + the limit, so an iteration that
+takes longer loses its lease and counts as a failed attempt.
 
 Iterations and holds do not count against `max_retries`: only failed
 attempts of one iteration do (`free_attempts`).
@@ -52,17 +53,8 @@ def is_agent(job: dict) -> bool:
     return job.get("agent") is not None
 
 
-def lease_until(job: dict, now: int, lease_ms: int) -> int:
-    """The lease end of an agent attempt: never past its iteration deadline."""
-    deadline = job.get("iteration_deadline")
-    end = now + lease_ms
-    return end if deadline is None else min(end, deadline)
-
-
-def on_fetch(job: dict, now: int):
+def on_fetch(job: dict):
     job.setdefault("iteration", 1)
-    timeout = job["agent"].get("iteration_timeout")
-    job["iteration_deadline"] = now + timeout if timeout else None
 
 
 def fetch_fields(job: dict) -> dict:
@@ -99,7 +91,6 @@ def _next_iteration(job: dict):
     job["iteration"] = job.get("iteration", 1) + 1
     job["free_attempts"] = job.get("free_attempts", 0) + 1  # an iteration is not a failed attempt
     job["approval"] = None
-    job["iteration_deadline"] = None
 
 
 def guardrail_tripped(a, job: dict, rec: dict, spent_musd: int) -> str | None:

@@ -318,7 +318,7 @@ class Apply:
             "cancel_requested": False, "hold_reason": args.get("hold_reason"), "agent": args.get("agent"),
             "usage": [], "usage_total": None,
         }
-        for name in ("budget_usd", "estimate_usd"):
+        for name in ("budget_usd", "estimate_usd", "timeout_ms"):
             if args.get(name) is not None:
                 job[name] = args[name]
         if extra:
@@ -340,6 +340,39 @@ class Apply:
             self.put("unique", K.unique_key(job["queue"], job["unique_key"]), [job_id, until])
         self.save_job(job)
         return job
+
+
+def attempt_timeout_ms(job) -> int | None:
+    """The time limit of one attempt: the job's `timeout_ms`, an agent's `iteration_timeout`, or the
+    smaller of both; None without either."""
+    limits = [t for t in (job.get("timeout_ms"), (job.get("agent") or {}).get("iteration_timeout")) if t]
+    return min(limits) if limits else None
+
+
+def start_attempt(job, now: int, lease_ms: int):
+    """Lease the job's new attempt from `now`: `attempt_deadline` is now + its time limit (absent
+    without one), and the lease never runs past it."""
+    timeout = attempt_timeout_ms(job)
+    if timeout:
+        job["attempt_deadline"] = now + timeout
+    else:
+        job.pop("attempt_deadline", None)
+    job["lease_expires_at"] = lease_until(job, now, lease_ms)
+
+
+def lease_until(job, now: int, lease_ms: int) -> int:
+    """The lease end of an attempt extended at `now`: now + lease_ms, never past its deadline."""
+    deadline = job.get("attempt_deadline")
+    end = now + lease_ms
+    return end if deadline is None else min(end, deadline)
+
+
+def timed_out(job, now: int) -> str | None:
+    """The error of an attempt whose lease ended at its deadline (`timeout after N ms`), else None."""
+    deadline = job.get("attempt_deadline")
+    if deadline is None or now < deadline:
+        return None
+    return f"timeout after {deadline - job['started_at']} ms"
 
 
 def attempts_left(job) -> int:

@@ -35,7 +35,8 @@ from jobbie.transport.errors import InvariantViolation, check, error_result
 from . import agents, budgets, holds, management, schedules, tick, usage
 from . import keys as K
 from .apply import (DEDUPE_TTL_MS, ERRORS_KEPT, Apply, Changes, _ok,  # noqa: F401 (re-exported)
-                    after_failed_attempt as _after_failed_attempt, attempts_left, backoff_ms)
+                    after_failed_attempt as _after_failed_attempt, attempt_timeout_ms, attempts_left, backoff_ms,
+                    lease_until, start_attempt)
 from .queues import fetch_room, note_handed_out
 from .states import ACTIVE, CANCELLED, COMPLETED, DEAD, HELD, PENDING, RETRYING, SCHEDULED, TERMINAL
 
@@ -162,15 +163,14 @@ def handle_fetch(a: Apply, args: dict, ids: list) -> dict:
         job["lease_ms"] = lease_ms
         job["started_at"] = a.now
         if job["agent"] is not None:
-            agents.on_fetch(job, a.now)
-            job["lease_expires_at"] = agents.lease_until(job, a.now, lease_ms)
-        else:
-            job["lease_expires_at"] = a.now + lease_ms
+            agents.on_fetch(job)
+        start_attempt(job, a.now, lease_ms)
         a.move(job, ACTIVE, "fetch")
         a.save_job(job)
         leased = {"job_id": job["id"], "queue": job["queue"], "payload": job["payload"],
                   "attempt": job["attempt"], "max_retries": job["max_retries"], "lease_ms": lease_ms,
-                  "checkpoint": job["checkpoint"], "tags": job["tags"], "agent": job["agent"]}
+                  "checkpoint": job["checkpoint"], "tags": job["tags"], "agent": job["agent"],
+                  "timeout_ms": attempt_timeout_ms(job)}
         if job["agent"] is not None:
             leased.update(agents.fetch_fields(job))
         out.append(leased)
@@ -284,8 +284,7 @@ def handle_heartbeat(a: Apply, args: dict, ids: list) -> dict:
             status = "cancel"
         else:
             a.unindex(job)
-            job["lease_expires_at"] = (a.now + job["lease_ms"] if job["agent"] is None
-                                       else agents.lease_until(job, a.now, job["lease_ms"]))
+            job["lease_expires_at"] = lease_until(job, a.now, job["lease_ms"])
             a.index(job)
             status = "ok"
         a.save_job(job)

@@ -28,7 +28,7 @@ from jobbie.transport.errors import check
 
 from . import agents, holds
 from . import keys as K
-from .apply import DEDUPE_TTL_MS, Apply, _ok, after_failed_attempt
+from .apply import DEDUPE_TTL_MS, Apply, _ok, after_failed_attempt, timed_out
 from .queues import window_reopens_at
 from .schedules import fire_due
 from .states import ACTIVE, CANCELLED, COMPLETED, DEAD, PENDING, RETRYING, SCHEDULED, TERMINAL
@@ -133,8 +133,7 @@ def handle_tick(a: Apply, args: dict, ids: list) -> dict:
     for _, job_id in _due(a, "leases", limit):
         job = a.job(job_id)
         check(job is not None and job["state"] == ACTIVE, f"lease index holds {job_id} wrongly")
-        deadline = job.get("iteration_deadline")
-        error = "iteration timed out" if deadline is not None and a.now >= deadline else "lease expired"
+        error = timed_out(job, a.now) or "lease expired"
         a.record_error(job, error)
         a.end_attempt(job)
         if job.get("agent") is not None:

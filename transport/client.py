@@ -29,6 +29,7 @@ import zmq
 
 from . import codec
 from .errors import RETRYABLE, InvalidArgument, Unavailable, from_wire
+from .methods import SLEEP, Methods, _given  # noqa: F401 (_given: kept importable from here)
 from .ops import OPS, Limits, validate
 
 #: Requests larger than this are checked here against the server's own hard caps before they are
@@ -49,14 +50,29 @@ def _refuse_oversized(op: str, args: dict, frame_bytes: int):
             raise InvalidArgument(f"{exc.message} (refused by the client, nothing was sent)", field=exc.field,
                                   reason=exc.reason) from None
 
+def retry_pause(reply: dict, spec, give_up: float, pause: float) -> float:
+    """Seconds to wait before sending a refused request again, or raise its error: only
+    UNAVAILABLE and RESOURCE_EXHAUSTED are retried (after `retry_after_ms` when the server gave
+    one), until `give_up` (a time.monotonic() value), and never a control op."""
+    err = reply.get("err") or {}
+    if err.get("code") not in RETRYABLE or time.monotonic() >= give_up or (
+            spec is not None and spec.path == "control"):
+        # (a membership change is not idempotent: its outcome must be checked, not retried)
+        raise from_wire(err)
+    hint = err.get("retry_after_ms")
+    return min(hint / 1000.0, 5.0) if hint else pause
+
+
+def unreachable(endpoint: str, connect_timeout: float) -> Unavailable:
+    return Unavailable(f"nothing answers at {endpoint} (no connection within {connect_timeout:g} s); start one "
+                       "with: jobbie server, or point --server / JOBBIE_SERVER at a running node",
+                       reason="unreachable")
+
+
 DEFAULT_SERVER = "tcp://127.0.0.1:7700"
 #: Writes that are not given a request_id automatically: retrying them with
 #: one would store their (possibly large) results in the dedupe table.
 _NO_AUTO_REQUEST_ID = frozenset({"fetch", "heartbeat"})
-
-
-def _given(options: dict) -> dict:
-    return {k: v for k, v in options.items() if v is not None}
 
 
 ENDPOINT = re.compile(r"(tcp://[^\s,/]+:[0-9]{1,5}|ipc://\S+|inproc://\S+)\Z")
@@ -80,7 +96,7 @@ def check_endpoints(server: str) -> list[str]:
     return endpoints
 
 
-class Client:
+class Client(Methods):
     """A connection to a jobbie node, or to several (`server="tcp://a:7700,tcp://b:7700"`).
 
     With several endpoints the requests are spread over the nodes that are up,
@@ -204,9 +220,7 @@ class Client:
             JobbieError: the server's answer (typed by code), or Unavailable after `retry_for`.
         """
         if not self._connected.is_set() and not self._connected.wait(self.connect_timeout):
-            raise Unavailable(f"nothing answers at {self.endpoint} (no connection within "
-                              f"{self.connect_timeout:g} s); start one with: jobbie server, or point "
-                              "--server / JOBBIE_SERVER at a running node", reason="unreachable")
+            raise unreachable(self.endpoint, self.connect_timeout)
         spec = OPS.get(op)
         if spec is not None and spec.path == "write" and op not in _NO_AUTO_REQUEST_ID:
             args.setdefault("request_id", uuid.uuid4().hex)
@@ -223,143 +237,24 @@ class Client:
                                  "message": f"no answer from {self.endpoint} within {wait:g}s"}}
             if "ok" in reply:
                 return reply["ok"]
-            err = reply.get("err") or {}
-            if err.get("code") not in RETRYABLE or time.monotonic() >= give_up or (
-                    spec is not None and spec.path == "control"):
-                # (a membership change is not idempotent: its outcome must be checked, not retried)
-                raise from_wire(err)
-            hint = err.get("retry_after_ms")
-            time.sleep(min(hint / 1000.0, 5.0) if hint else pause)
+            time.sleep(retry_pause(reply, spec, give_up, pause))
             pause = min(pause * 2, 1.0)
 
     # ---------------------------------------------------------- conveniences
-    # `call` sends what it is given (a nil payload is a payload); these drop
-    # the options left unset, so the server applies its defaults.
-    def enqueue(self, queue: str, payload, **options) -> str:
-        return self.call("enqueue", queue=queue, payload=payload, **_given(options))["job_id"]
-
-    def enqueue_batch(self, jobs: list, batch: dict | None = None, **options) -> dict:
-        return self.call("enqueue_batch", jobs=jobs, **_given(dict(options, batch=batch)))
-
-    def fetch(self, queues, worker_id: str, count: int = 1, wait_ms: int = 0, lease_ms: int = 30_000,
-              hostname: str | None = None) -> list:
-        queues = [queues] if isinstance(queues, str) else list(queues)
-        return self.call("fetch", queues=queues, worker_id=worker_id, count=count, wait_ms=wait_ms,
-                         lease_ms=lease_ms, **_given({"hostname": hostname}))["jobs"]
-
-    def ack(self, job_id: str, attempt: int | None = None, result=None, **options) -> dict:
-        return self.call("ack", job_id=job_id, result=result, **_given(dict(options, attempt=attempt)))
-
-    def fail(self, job_id: str, error: str, attempt: int | None = None, **options) -> dict:
-        return self.call("fail", job_id=job_id, error=error, **_given(dict(options, attempt=attempt)))
-
-    def heartbeat(self, worker_id: str, jobs: dict) -> dict:
-        return self.call("heartbeat", worker_id=worker_id, jobs=jobs)["jobs"]
-
-    def get_job(self, job_id: str) -> dict:
-        return self.call("get_job", job_id=job_id)
-
-    def cancel(self, job_id: str) -> dict:
-        return self.call("cancel_job", job_id=job_id)
-
-    def retry(self, job_id: str) -> dict:
-        return self.call("retry_job", job_id=job_id)
-
-    def delete(self, job_id: str) -> dict:
-        return self.call("delete_job", job_id=job_id)
-
-    def pause(self, queue: str) -> dict:
-        return self.call("pause_queue", queue=queue)
-
-    def resume(self, queue: str) -> dict:
-        return self.call("resume_queue", queue=queue)
-
-    def queues(self) -> list:
-        return self.call("list_queues")["queues"]
-
-    def status(self) -> dict:
-        return self.call("cluster_status")
-
-    # ------------------------------------------------- usage and prices (docs/ai.md)
-    def set_price(self, model: str, input_usd_per_mtok: float, output_usd_per_mtok: float,
-                  provider: str | None = None, **options) -> dict:
-        return self.call("set_price", model=model, input_usd_per_mtok=input_usd_per_mtok,
-                         output_usd_per_mtok=output_usd_per_mtok, **_given(dict(options, provider=provider)))
-
-    def list_prices(self) -> list:
-        return self.call("list_prices")["prices"]
-
-    def delete_price(self, model: str, provider: str | None = None) -> dict:
-        return self.call("delete_price", model=model, **_given({"provider": provider}))
-
-    def usage_summary(self, since: int | None = None, until: int | None = None, group_by=None,
-                      **filters) -> dict:
-        group_by = [group_by] if isinstance(group_by, str) else group_by
-        return self.call("usage_summary", **_given(dict(filters, since=since, until=until, group_by=group_by)))
-
-    def rebuild_usage(self) -> dict:
-        return self.call("rebuild_usage")
-
-    # ------------------------------------------- budgets, held jobs, audit (docs/ai.md)
-    def set_budget(self, budget_id: str, scope: str = "global", target: str | None = None,
-                   limit_usd: float | None = None, limit_tokens: int | None = None, window: str = "day",
-                   **options) -> dict:
-        """Create or replace a budget; answers it as get_budget shows it (plus `replaced`).
-
-        Options: hours (window "hours"), on_exceed ("hold", "reject", "alert"), alert_queue,
-        hold_timeout_ms, timeout_action, note, actor."""
-        return self.call("set_budget", budget_id=budget_id, scope=scope, window=window,
-                         **_given(dict(options, target=target, limit_usd=limit_usd, limit_tokens=limit_tokens)))
-
-    def get_budget(self, budget_id: str) -> dict:
-        """One budget with its spend now: limit, spent, reserved, remaining, reset_at."""
-        return self.call("get_budget", budget_id=budget_id)["budget"]
-
-    def list_budgets(self, scope: str | None = None) -> list:
-        return self.call("list_budgets", **_given({"scope": scope}))["budgets"]
-
-    def delete_budget(self, budget_id: str, note: str | None = None) -> dict:
-        return self.call("delete_budget", budget_id=budget_id, **_given({"note": note}))
-
-    def approve(self, job_ids, note: str | None = None, extend: dict | None = None,
-                actor: str | None = None) -> dict:
-        """Release held job(s) to pending: one id (answers with `state`) or a list (`affected`, `errors`).
-        `extend={"usd": 5}` raises the budget that held them instead of letting them run past it once."""
-        target = {"job_id": job_ids} if isinstance(job_ids, str) else {"job_ids": list(job_ids)}
-        return self.call("approve_job", **target, **_given({"note": note, "extend": extend, "actor": actor}))
-
-    def reject(self, job_ids, note: str | None = None, actor: str | None = None) -> dict:
-        """Cancel held job(s); `last_error` becomes "rejected: NOTE"."""
-        target = {"job_id": job_ids} if isinstance(job_ids, str) else {"job_ids": list(job_ids)}
-        return self.call("reject_job", **target, **_given({"note": note, "actor": actor}))
-
-    def held(self, queue: str | None = None, budget_id: str | None = None, limit: int = 100) -> list:
-        """Held jobs: job_id, queue, hold_reason, held_at, hold_until, cost_usd, ..."""
-        return self.call("list_held", limit=limit, **_given({"queue": queue, "budget_id": budget_id}))["jobs"]
-
-    def audit(self, job_id: str | None = None, budget_id: str | None = None, kind=None, since: int | None = None,
-              limit: int = 100) -> list:
-        """Audit events, newest first (see list_audit for the paging cursor)."""
-        kind = [kind] if isinstance(kind, str) else kind
-        return self.call("list_audit", limit=limit, **_given({"job_id": job_id, "budget_id": budget_id,
-                                                               "kind": kind, "since": since}))["events"]
-
-    # ------------------------------------------------------ agent loops (docs/ai.md)
-    def iterations(self, job_id: str, full: bool = False) -> list:
-        """An agent job's iteration records, in order (checkpoints and traces with `full`)."""
-        out, after = [], 0
-        while True:
-            page = self.call("list_iterations", job_id=job_id, after=after, limit=10_000, full=full)
-            out += page["iterations"]
-            if not page["has_more"]:
-                return out
-            after = out[-1]["n"]
-
-    def replay(self, job_id: str, from_iteration: int = 1, **overrides) -> str:
-        """Replay an agent job from an iteration (overrides: payload, agent, tags, queue, budget_usd);
-        returns the new job's id."""
-        return self.call("replay_job", job_id=job_id, from_iteration=from_iteration,
-                         **_given({"overrides": overrides or None}))["job_id"]
+    # The methods (enqueue, get_job, wait, fetch, ack, ...) are in transport/methods.py, shared with
+    # AsyncClient; here they run as blocking calls.
+    def _drive(self, flow):
+        step = next(flow)
+        try:
+            while True:
+                op, args = step
+                if op == SLEEP:
+                    time.sleep(args)
+                    step = flow.send(None)
+                else:
+                    step = flow.send(self.call(op, **args))
+        except StopIteration as done:
+            return done.value
 
     # -------------------------------------------------------------- lifetime
     def close(self):

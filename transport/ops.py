@@ -172,6 +172,10 @@ ENQUEUE_ARGS = (
     Arg("run_at", "int", "Do not run before this time (ms since epoch; a time in the past, 0 included, "
         "means now; at most 10 years ahead). Excludes `delay_ms`.", low=0, high=INT64_MAX),
     Arg("delay_ms", "int", "Do not run before now + this. Excludes `run_at`.", low=0, high=YEAR_MS),
+    Arg("timeout_ms", "int", "Time limit of one attempt: its lease ends at started_at + timeout_ms whatever "
+        "the heartbeats, and the attempt counts as failed (last_error `timeout after N ms`); fetch returns it "
+        "so workers can stop the handler then. With agent.iteration_timeout, the smaller one applies.",
+        low=100, high=YEAR_MS),
     Arg("expire_after_ms", "int", "TTL: a job still waiting (pending, scheduled, retrying, held) this long after "
         "enqueue goes `dead` with last_error `expired`; an attempt that fails after it is not retried.",
         low=1, high=YEAR_MS),

@@ -24,6 +24,11 @@ job dead). The runtime:
 - runs agent loops: a handler of an agent job returns `Continue(checkpoint,
   result)`, `Done(result)` (or a plain value) or `Hold(reason, payload)`, and
   sees `job.iteration` and `job.approval`; any handler may `job.hold(...)`;
+- enforces time limits: a handler still running when the attempt's limit is
+  reached (enqueue's `timeout_ms`, else the task's `timeout` in `timeouts`)
+  has its attempt failed at once (`timeout after N s`) and its slot freed.
+  Python cannot kill a thread, so the handler runs on unheartbeated, and
+  `job.check()` raises `TimedOut` for it; what it returns later is ignored;
 - on SIGTERM/SIGINT drains: it stops fetching, lets running jobs finish for
   up to `drain_timeout` seconds, and fails the rest with their checkpoint so
   the next attempt resumes from it.
@@ -58,6 +63,14 @@ def _log_to_stderr_unless_configured():
 
 class Cancelled(Exception):
     """Raised by `Job.check()` when the job was cancelled or its lease was lost."""
+
+
+class TimedOut(Cancelled):
+    """The attempt ran past its time limit (enqueue's `timeout_ms`, else the task's `timeout`).
+
+    The worker has already failed the attempt (`timeout after N s`) and freed the slot; `job.check()`
+    raises this so a handler that checks can stop. Python cannot kill the handler's thread: one that
+    never checks runs on, and whatever it returns or raises afterwards is ignored."""
 
 
 class BudgetExceeded(Exception):
@@ -108,6 +121,11 @@ class Job:
         self.tags = data.get("tags") or {}
         self.agent = data.get("agent")
         self.checkpoint = data.get("checkpoint")
+        #: The attempt's time limit set by the server (enqueue's timeout_ms), or None.
+        self.timeout_ms = data.get("timeout_ms")
+        #: Set once the worker failed the attempt for running past its time limit.
+        self.timed_out = False
+        self._settled = False
         #: Agent jobs: the iteration this fetch hands out (from 1), and a person's decision after a hold.
         self.iteration = data.get("iteration")
         self.approval = data.get("approval")
@@ -149,8 +167,10 @@ class Job:
         self.report_usage(**total)
 
     def check(self):
-        """Raise `Cancelled` if the job was cancelled or this worker lost its lease, and
-        `BudgetExceeded` if a budget of the job ran out."""
+        """Raise `Cancelled` if the job was cancelled or this worker lost its lease (`TimedOut` once
+        the attempt ran past its time limit), and `BudgetExceeded` if a budget of the job ran out."""
+        if self.timed_out:
+            raise TimedOut(f"job {self.id} ran past its time limit")
         if self.cancelled or self.lost:
             raise Cancelled(f"job {self.id} was {'cancelled' if self.cancelled else 'lost'}")
         self.check_budget()
@@ -163,6 +183,12 @@ class Job:
     def hold(self, reason: str, payload=None):
         """Hold the job for a person once the handler returns (instead of completing it)."""
         self._hold = Hold(reason, payload)
+
+    def _settle(self) -> bool:
+        """True for the first caller only: the handler's end and the time limit race for the outcome."""
+        with self._lock:
+            first, self._settled = not self._settled, True
+            return first
 
     def take_heartbeat(self) -> dict:
         with self._lock:
@@ -192,20 +218,35 @@ def heartbeat_parts(entries: dict, bytes_max: int = HEARTBEAT_BYTES_MAX) -> list
     return parts
 
 
+def default_heartbeat_ms(lease_ms: int) -> int:
+    """A third of the lease, from 500 ms up to 2 s (a lease under 1.5 s gets 500 ms)."""
+    return min(HEARTBEAT_MS_MAX_DEFAULT, max(500, lease_ms // 3))
+
+
+#: Longest default heartbeat interval: how long a cancel may take to reach a handler.
+HEARTBEAT_MS_MAX_DEFAULT = 2000
+
+
 class Worker:
     """Runs handlers for the given queues until stopped."""
 
     def __init__(self, handlers: dict, server: str | None = None, client: Client | None = None,
                  concurrency: int = 4, lease_ms: int = 30_000, heartbeat_ms: int | None = None,
-                 wait_ms: int = 2000, drain_timeout: float = 30.0, worker_id: str | None = None):
+                 wait_ms: int = 2000, drain_timeout: float = 30.0, worker_id: str | None = None,
+                 leases: dict | None = None, timeouts: dict | None = None):
         if not handlers:
             raise ValueError("a worker needs at least one handler: {queue: function}")
         self.handlers = dict(handlers)
+        #: Queues whose jobs are fetched with a lease of their own ({queue: lease_ms}); the rest use lease_ms.
+        self.leases = {q: ms for q, ms in (leases or {}).items() if q in self.handlers and ms}
+        #: Seconds a handler of a queue may run ({queue: seconds}); a job's own timeout_ms wins.
+        self.timeouts = {q: t for q, t in (timeouts or {}).items() if q in self.handlers and t}
         self.client = client or Client(server)
         self._own_client = client is None
         self.concurrency = concurrency
         self.lease_ms = lease_ms
-        self.heartbeat_s = (heartbeat_ms or max(500, lease_ms // 3)) / 1000.0
+        # At most 2 s by default: cancellation and budget news reach handlers within about that long.
+        self.heartbeat_s = (heartbeat_ms or default_heartbeat_ms(lease_ms)) / 1000.0
         self.wait_ms = wait_ms
         self.drain_timeout = drain_timeout
         self.hostname = socket.gethostname()
@@ -239,8 +280,8 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        log.info("worker %s: queues %s, concurrency %d, server %s", self.worker_id, ", ".join(self.handlers),
-                 self.concurrency, self.client.endpoint)
+        log.info("worker %s: queues %s, concurrency %d, heartbeat %g s, server %s", self.worker_id,
+                 ", ".join(self.handlers), self.concurrency, self.heartbeat_s, self.client.endpoint)
         beat = threading.Thread(target=self._heartbeat_loop, name="jobbie-heartbeat", daemon=True)
         beat.start()
         try:
@@ -251,21 +292,38 @@ class Worker:
                 self.client.close()
 
     # ---------------------------------------------------------------- fetching
+    def _fetch_groups(self) -> list[tuple[int, list[str]]]:
+        """(lease_ms, queues) per fetch request: one fetch carries one lease length."""
+        groups: dict[int, list[str]] = {}
+        for queue in self.handlers:
+            groups.setdefault(self.leases.get(queue, self.lease_ms), []).append(queue)
+        return list(groups.items())
+
     def _fetch_loop(self):
-        queues = list(self.handlers)
+        groups = self._fetch_groups()
+        turn = 0
         while not self._stopping.is_set():
             if not self._slots.acquire(timeout=0.2):
                 continue
             free = 1
             while free < self.concurrency and self._slots.acquire(blocking=False):
                 free += 1
-            try:
-                jobs = self.client.fetch(queues, self.worker_id, count=free, wait_ms=self.wait_ms,
-                                         lease_ms=self.lease_ms, hostname=self.hostname)
-            except JobbieError as exc:
-                log.warning("fetch failed: %s", exc)
-                jobs = []
-                self._stopping.wait(0.5)
+            jobs = []
+            # Several lease lengths: every group is asked without waiting, and one of them (in turn)
+            # long-polls when the others had nothing.
+            turn = (turn + 1) % len(groups)
+            order = groups[turn:] + groups[:turn]
+            for i, (lease_ms, queues) in enumerate(order):
+                if len(jobs) >= free:
+                    break
+                wait_ms = self.wait_ms if i == len(order) - 1 and not jobs else 0
+                try:
+                    jobs += self.client.fetch(queues, self.worker_id, count=free - len(jobs), wait_ms=wait_ms,
+                                              lease_ms=lease_ms, hostname=self.hostname)
+                except JobbieError as exc:
+                    log.warning("fetch failed: %s", exc)
+                    self._stopping.wait(0.5)
+                    break
             for _ in range(free - len(jobs)):
                 self._slots.release()
             for data in jobs:
@@ -277,40 +335,74 @@ class Worker:
                 threading.Thread(target=self._run_job, args=(job,), name=f"jobbie-job-{job.id}",
                                  daemon=True).start()
 
+    def time_limit(self, job: Job) -> float | None:
+        """Seconds the handler may run on this attempt: the job's timeout_ms, else its task's timeout."""
+        if job.timeout_ms:
+            return job.timeout_ms / 1000.0
+        return self.timeouts.get(job.queue)
+
     def _run_job(self, job: Job):
         started = time.monotonic()
+        limit = self.time_limit(job)
+        timer = None
+        if limit:
+            timer = threading.Timer(limit, self._time_out, (job, limit, started))
+            timer.daemon = True
+            timer.start()
+        outcome = error = result = None
         try:
-            handler = self.handlers[job.queue]
-            try:
-                result = handler(job)
-            except Hold as held:
-                result = held
-            except BudgetExceeded:
-                took = (time.monotonic() - started) * 1000
+            result = self.handlers[job.queue](job)
+        except Hold as held:
+            result = held
+        except Exception as exc:
+            error = exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if not job._settle():
+            # The time limit won: the attempt was failed and its slot freed; this outcome is too late.
+            log.debug("%s %s attempt %d: the handler returned %.0f ms after its time limit; outcome ignored",
+                      job.queue, job.id, job.attempt, (time.monotonic() - started - limit) * 1000)
+            return
+        try:
+            took = (time.monotonic() - started) * 1000
+            if isinstance(error, BudgetExceeded):
                 outcome = self._finish(job, error=BudgetExceeded("budget exceeded"), paused=True)
                 log.info("%s %s attempt %d: %s after %.0f ms", job.queue, job.id, job.attempt, outcome, took)
-                return
-            except Exception as exc:
-                took = (time.monotonic() - started) * 1000
-                outcome = self._finish(job, error=exc)
+            elif error is not None:
+                outcome = self._finish(job, error=error)
                 log.warning("%s %s attempt %d: %s after %.0f ms: %s: %s", job.queue, job.id, job.attempt, outcome,
-                            took, type(exc).__name__, exc, exc_info=not isinstance(exc, Cancelled))
+                            took, type(error).__name__, error, exc_info=(type(error), error, error.__traceback__)
+                            if not isinstance(error, Cancelled) else None)
             else:
-                took = (time.monotonic() - started) * 1000
                 outcome = self._finish(job, result=result)
                 log.info("%s %s %s: %s in %.0f ms", job.queue, job.id,
                          f"iteration {job.iteration}" if job.iteration else f"attempt {job.attempt}", outcome, took)
         finally:
-            with self._lock:
-                self.in_flight.pop(job.id, None)
-            self._slots.release()
+            self._release(job)
+
+    def _release(self, job: Job):
+        with self._lock:
+            self.in_flight.pop(job.id, None)
+        self._slots.release()
+
+    def _time_out(self, job: Job, limit: float, started: float):
+        """The handler ran past its time limit: fail the attempt now and free its slot."""
+        if not job._settle():
+            return  # it finished just in time
+        job.timed_out = True  # job.check() raises TimedOut from now on; heartbeats stop with the release
+        try:
+            outcome = self._finish(job, error=TimedOut(f"timeout after {limit:g} s"))
+            log.warning("%s %s attempt %d: %s: timeout after %g s (the handler is still running; what it "
+                        "returns is ignored)", job.queue, job.id, job.attempt, outcome, limit)
+        finally:
+            self._release(job)
 
     def _finish(self, job: Job, result=None, error: Exception | None = None, paused: bool = False) -> str:
         """Report the outcome; returns what became of the job, for the log line."""
         if job.lost:
             return "lease lost, outcome discarded"  # someone else holds the job now
-        extra = job.take_heartbeat()
-        extra.pop("progress", None)
+        extra = self._final_report(job)
         if getattr(job, "_usage", None):
             extra["usage"] = job._usage  # the attempt's final figures go with its outcome
         if paused and job.checkpoint is not None:
@@ -339,9 +431,11 @@ class Worker:
             if paused:
                 answer = self.client.fail(job.id, "budget exceeded", **extra)
                 return f"paused: budget exceeded (job {answer.get('state')})"
-            message = f"{type(error).__name__}: {error}"
-            answer = self.client.fail(job.id, message, backtrace="".join(traceback.format_exception(error)),
-                                      **extra)
+            if isinstance(error, TimedOut):
+                answer = self.client.fail(job.id, str(error), **extra)
+            else:
+                answer = self.client.fail(job.id, f"{type(error).__name__}: {error}",
+                                          backtrace="".join(traceback.format_exception(error)), **extra)
             self.failed += 1
             state = answer.get("state") if isinstance(answer, dict) else None
             return f"failed ({state})" if state else "failed"
@@ -352,6 +446,18 @@ class Worker:
             return "outcome not reported"
         finally:
             job.lost = True  # reported (or abandoned): nothing more goes out for it
+
+    def _final_report(self, job: Job) -> dict:
+        """What the ack or fail carries that was not sent yet (checkpoint, usage, attempt). Neither op
+        takes `progress`: progress set since the last heartbeat goes out in one heartbeat first."""
+        extra = job.take_heartbeat()
+        if "progress" in extra:
+            try:
+                self.client.heartbeat(self.worker_id, {job.id: {"progress": extra.pop("progress"),
+                                                                "attempt": job.attempt}})
+            except JobbieError as exc:
+                log.warning("job %s: could not send its last progress: %s", job.id, exc)
+        return extra
 
     # -------------------------------------------------------------- heartbeats
     def _heartbeat_loop(self):
@@ -392,8 +498,7 @@ class Worker:
         for job in left:
             job.cancelled = True  # cooperative handlers stop at their next check()
             if not job.lost:
-                extra = job.take_heartbeat()
-                extra.pop("progress", None)
+                extra = self._final_report(job)
                 try:
                     self.client.fail(job.id, "worker shut down before the job finished", **extra)
                 except JobbieError as exc:

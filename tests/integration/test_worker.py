@@ -335,3 +335,134 @@ def test_the_worker_logs_a_start_line_and_one_line_per_job(node, tmp_path):
     assert f"mail {bad} attempt 1: failed (dead) after" in out and "ValueError: no such mailbox" in out
     assert "Traceback (most recent call last)" in out
     assert proc.returncode == 0
+
+
+# --------------------------------------------------------------------------- time limits
+def test_a_handler_past_its_task_timeout_is_failed_at_once_and_its_slot_freed(node, client):
+    from jobbie import App
+
+    # Given an app whose task may run 0.5 s, one worker slot, and a job whose handler sleeps 3 s
+    app = App(server=node.endpoint, concurrency=1, wait_ms=200, drain_timeout=1.0)
+    release = threading.Event()
+    late = []
+
+    @app.task("sleepy", timeout=0.5)
+    def handler(job):
+        if job.payload.get("slow"):
+            release.wait(3.0)
+            late.append(job.id)
+            return {"late": True}
+        return {"quick": job.payload["n"]}
+
+    slow = client.enqueue("sleepy", {"slow": True}, max_retries=0)
+    with running(app.worker()):
+        job = wait_state(client, slow, "dead", timeout=10.0)
+        failed_at = time.monotonic()
+        # Then the attempt failed at its limit, with the worker's error
+        assert job["last_error"] == "timeout after 0.5 s" and job["result"] is None
+        # And the slot is free while the handler still sleeps: the next job runs and completes
+        quick = client.enqueue("sleepy", {"n": 1})
+        assert wait_state(client, quick, "completed", timeout=10.0)["result"] == {"quick": 1}
+        assert not late, "the slow handler should still be running"
+        release.set()
+        wait_for(lambda: late, 5.0, message="the slow handler to return")
+        time.sleep(0.3)
+    # And its late result was ignored
+    job = client.get_job(slow)
+    assert job["state"] == "dead" and job["result"] is None and failed_at
+
+
+def test_enqueue_timeout_ms_wins_over_the_task_timeout_and_reaches_the_handler(node, client):
+    seen = []
+
+    def handler(job):
+        seen.append(job.timeout_ms)
+        time.sleep(5.0)
+
+    job_id = client.enqueue("limited", {}, timeout_ms=1000, max_retries=0)
+    started = time.monotonic()
+    with running(make_worker(node, {"limited": handler}, concurrency=1, timeouts={"limited": 30.0}),
+                 join_timeout=20.0):
+        job = wait_state(client, job_id, "dead", timeout=10.0)
+    took = time.monotonic() - started
+    # The worker (`timeout after 1 s`) or the server (`timeout after 1000 ms`) ended it, whichever came first
+    assert job["last_error"] in ("timeout after 1 s", "timeout after 1000 ms"), job["last_error"]
+    assert seen == [1000] and took < 5.0
+
+
+def test_the_server_ends_an_attempt_at_its_timeout_whatever_the_heartbeats(node, client):
+    # Given a job with a 1 s limit fetched by a bare client with a 60 s lease
+    job_id = client.enqueue("bare", {}, timeout_ms=1000, max_retries=0)
+    (job,) = client.fetch("bare", "w-bare", lease_ms=60_000)
+    assert job["timeout_ms"] == 1000
+    # When it keeps heartbeating
+    answers = []
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        answer = client.heartbeat("w-bare", {job_id: {"attempt": 1}})[job_id]["status"]
+        answers.append(answer)
+        if answer == "lost":
+            break
+        time.sleep(0.2)
+    # Then the lease still ends at the deadline and the attempt failed with the server's error
+    assert answers[0] == "ok" and answers[-1] == "lost"
+    rec = client.get_job(job_id)
+    assert (rec["state"], rec["last_error"]) == ("dead", "timeout after 1000 ms")
+
+
+# --------------------------------------------------------------------------- last progress and checkpoint
+def test_progress_and_checkpoint_set_right_before_the_end_are_kept(node, client):
+    # Given handlers that report progress and a checkpoint just before they return or raise,
+    # under a worker whose periodic heartbeat never comes (60 s)
+    def handler(job):
+        job.progress({"done": 100})
+        job.save_checkpoint({"step": "last", "n": job.payload["n"]})
+        if job.payload.get("fail"):
+            raise RuntimeError("after the last step")
+        return "ok"
+
+    ok_id = client.enqueue("last-words", {"n": 1})
+    bad_id = client.enqueue("last-words", {"n": 2, "fail": True}, max_retries=0)
+    quiet_id = client.enqueue("quiet", {})
+    worker = make_worker(node, {"last-words": handler, "quiet": lambda job: "quiet"}, concurrency=1,
+                         heartbeat_ms=60_000)
+    beats = []
+    heartbeat = worker.client.heartbeat
+    worker.client.heartbeat = lambda worker_id, jobs: beats.append(dict(jobs)) or heartbeat(worker_id, jobs)
+    with running(worker):
+        ok = wait_state(client, ok_id, "completed")
+        bad = wait_state(client, bad_id, "dead")
+        wait_state(client, quiet_id, "completed")
+    # Then both outcomes carry the last progress and checkpoint
+    assert ok["progress"] == {"done": 100} and ok["checkpoint"] == {"step": "last", "n": 1}
+    assert bad["progress"] == {"done": 100} and bad["checkpoint"] == {"step": "last", "n": 2}
+    # And exactly one heartbeat per job with unsent progress went out (none for the quiet job)
+    assert sorted(j for beat in beats for j in beat) == sorted([ok_id, bad_id])
+    assert all(set(entry) == {"progress", "attempt"} for beat in beats for entry in beat.values())
+
+
+def test_the_default_heartbeat_lets_a_cancel_reach_the_handler_within_about_2_s(node, client):
+    job_id = client.enqueue("cancel-default", {})
+    started, saw = threading.Event(), threading.Event()
+
+    def handler(job):
+        started.set()
+        while True:
+            try:
+                job.check()
+            except Cancelled:
+                saw.set()
+                raise
+            time.sleep(0.02)
+
+    # Given a worker with the default lease (30 s) and no heartbeat_ms
+    worker = make_worker(node, {"cancel-default": handler}, concurrency=1)
+    assert worker.heartbeat_s == 2.0
+    with running(worker):
+        assert started.wait(10.0)
+        # When the job is cancelled / Then the handler sees it within one interval (plus a commit)
+        client.cancel(job_id)
+        at = time.monotonic()
+        assert saw.wait(5.0)
+        assert time.monotonic() - at < 2.6
+        wait_state(client, job_id, "cancelled")

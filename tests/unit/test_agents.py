@@ -177,7 +177,7 @@ def test_an_iteration_past_its_timeout_loses_its_lease_and_counts_as_failed(h):
     assert h.raw_job(jid)["lease_expires_at"] == T0 + 5_000
     h.tick(now=T0 + 5_000)
     job = h.raw_job(jid)
-    assert (job["state"], job["last_error"]) == (DEAD, "iteration timed out")
+    assert (job["state"], job["last_error"]) == (DEAD, "timeout after 5000 ms")
     assert iterations(h, jid)[0]["status"] == "failed"
 
 

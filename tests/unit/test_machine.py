@@ -380,7 +380,7 @@ def test_fetch_leases_the_job_and_sets_lease_fields(h):
     # Then it gets exactly the protocol's fields
     assert result == {"ok": {"jobs": [{"job_id": jid, "queue": "q", "payload": {"x": 1}, "attempt": 1,
                                        "max_retries": 2, "lease_ms": 5_000, "checkpoint": None,
-                                       "tags": {"k": "v"}, "agent": None}]}}
+                                       "tags": {"k": "v"}, "agent": None, "timeout_ms": None}]}}
     # and the job is active, leased to the worker, in the leases index only
     job = h.raw_job(jid)
     assert (job["state"], job["attempt"], job["worker_id"], job["hostname"]) == (ACTIVE, 1, "w1", "box")
