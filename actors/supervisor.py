@@ -37,7 +37,10 @@ log = logging.getLogger("jobbie.supervisor")
 
 # The mirror goes right after the gateway (which waits for its answers in flight) and
 # before admission and raft (which carry its bulk ops).
-STOP_ORDER = ("http", "gateway", "mirror", "usage", "lifecycle", "admission", "raft")
+#: Stop order, in steps: the mirror, usage and lifecycle actors depend on none of each other, so
+#: they stop together.
+STOP_GROUPS = (("http",), ("gateway",), ("mirror", "usage", "lifecycle"), ("admission",), ("raft",))
+STOP_ORDER = tuple(name for group in STOP_GROUPS for name in group)
 EXIT_GAVE_UP = 3
 #: An actor exiting with this code cannot start at all (e.g. an unrecoverable data dir): no restart.
 EXIT_CANNOT_START = 78
@@ -278,19 +281,19 @@ class Supervisor:
         return None
 
     def stop_all(self):
-        for name in STOP_ORDER:
-            child = self.children.get(name)
-            if child is None:
-                continue
-            if not child.alive:
-                continue
-            child.proc.send_signal(signal.SIGTERM)
-            try:
-                child.proc.wait(timeout=8.0)
-            except subprocess.TimeoutExpired:
-                log.warning("%s actor did not stop in time; killing it", name)
-                child.proc.kill()
-                child.proc.wait()
+        """Stop the actors in STOP_GROUPS order; the actors of one group stop at the same time."""
+        for group in STOP_GROUPS:
+            children = [self.children[n] for n in group if n in self.children and self.children[n].alive]
+            for child in children:
+                child.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 8.0
+            for child in children:
+                try:
+                    child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("%s actor did not stop in time; killing it", child.name)
+                    child.proc.kill()
+                    child.proc.wait()
 
     # -------------------------------------------------------------------- run
     def run(self) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -58,6 +59,9 @@ class PumpActor(pykka.ThreadingActor):
 
     inputs: tuple = ()
     tick_s: float = 0.1
+    #: Read end of a pipe that serve_process writes to after a stop request, so a turn blocked in
+    #: poll wakes at once instead of at its time-out (a node stops in half the time).
+    wake_fd: int | None = None
 
     def __init__(self, ctx: zmq.Context):
         super().__init__()
@@ -96,6 +100,8 @@ class PumpActor(pykka.ThreadingActor):
         for name in inputs:
             self._poller.register(self.sockets[name], zmq.POLLIN)
             self._by_socket[self.sockets[name]] = name
+        if self.wake_fd is not None:
+            self._poller.register(self.wake_fd, zmq.POLLIN)
 
     def drain(self, inputs, done, timeout_s: float):
         """Keep serving only `inputs` until `done()` or the time-out, then stop."""
@@ -133,7 +139,10 @@ class PumpActor(pykka.ThreadingActor):
         ready = self._poller.poll(timeout_ms)
         messages = []
         for sock, _ in ready:
-            name = self._by_socket[sock]
+            name = self._by_socket.get(sock)
+            if name is None:  # the wake pipe: a control message waits in the mailbox
+                os.read(self.wake_fd, 64)
+                continue
             messages.extend((name, frames) for frames in receive_waiting(sock, DRAIN_MAX))
         mono = time.monotonic()
         tick = mono >= self._next_tick
@@ -180,11 +189,15 @@ def serve_process(actor_cls, *args, stop_timeout_s: float = 10.0) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    actor_cls.wake_fd = wake_r
     actor = actor_cls.start(*args)
     while not stop.wait(0.2):
         if not actor.is_alive():
             return 1  # it failed: crash-only, the supervisor restarts the process
     actor.tell("stop")
+    os.write(wake_w, b"x")
     deadline = time.monotonic() + stop_timeout_s
     while actor.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -1,0 +1,69 @@
+"""`jobbie server` settings: a flag wins over JOBBIE_* over the config file over the default."""
+from __future__ import annotations
+
+import pytest
+
+from jobbie.cli.main import Cli
+from jobbie.cli.settings import SettingsError, server_flags
+
+
+def flags(tmp_path, given=(), config: str | None = None, **environ):
+    path = None
+    if config is not None:
+        path = tmp_path / "jobbie.toml"
+        path.write_text(config)
+    return server_flags(Cli.server, set(given), str(path) if path else None, environ)
+
+
+def test_every_server_flag_has_a_variable_and_a_config_key(tmp_path):
+    # Given a value for every flag in the environment (booleans as words, numbers as text)
+    import inspect
+    params = [n for n in inspect.signature(Cli.server).parameters if n not in ("self", "config")]
+    environ = {}
+    for name in params:
+        annotation = inspect.signature(Cli.server).parameters[name].annotation
+        environ["JOBBIE_" + name.upper()] = {"bool": "yes", "int": "7"}.get(
+            annotation if isinstance(annotation, str) else annotation.__name__, "x")
+    out = flags(tmp_path, **environ)
+    # Then each becomes its flag
+    assert len(out) == len(params)
+    assert "--durable=true" in out and "--snapshot-every=7" in out and "--http-bind=x" in out
+
+
+def test_precedence_flag_then_environment_then_file(tmp_path):
+    config = 'data-dir = "/srv/jobbie"\nhttp_bind = "127.0.0.1:9000"\ndurable = true\npeers = ["a:1", "b:2"]\n'
+    out = flags(tmp_path, given={"data_dir"}, config=config, JOBBIE_HTTP_BIND="127.0.0.1:9100")
+    assert "--http-bind=127.0.0.1:9100" in out          # the variable beats the file
+    assert not any(f.startswith("--data-dir") for f in out)  # the flag given beats both
+    assert "--durable=true" in out and "--peers=a:1,b:2" in out
+
+
+def test_a_server_table_is_read_too(tmp_path):
+    assert flags(tmp_path, config='[server]\nnode-id = "n2"\n') == ["--node-id=n2"]
+
+
+def test_config_named_by_environment(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('mirror = false\n')
+    assert server_flags(Cli.server, set(), None, {"JOBBIE_CONFIG": str(path)}) == ["--mirror=false"]
+
+
+@pytest.mark.parametrize("config,environ,words", [
+    ('data-dri = "/x"\n', {}, ["unknown key 'data-dri'", "did you mean data-dir?"]),
+    ('durable = "sometimes"\n', {}, ["durable must be true or false"]),
+    ('snapshot-every = "many"\n', {}, ["snapshot_every must be a whole number"]),
+    ('snapshot-every = true\n', {}, ["snapshot_every must be a whole number"]),
+    ('peers = [1, 2]\n', {}, ["peers must be a list of strings"]),
+    ('this is not toml', {}, ["not valid TOML"]),
+    (None, {"JOBBIE_DURABLE": "maybe"}, ["JOBBIE_DURABLE: durable must be true or false"]),
+])
+def test_bad_settings_are_one_line(tmp_path, config, environ, words):
+    with pytest.raises(SettingsError) as info:
+        flags(tmp_path, config=config, **environ)
+    message = str(info.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_missing_config_file(tmp_path):
+    with pytest.raises(SettingsError, match="no such file"):
+        server_flags(Cli.server, set(), str(tmp_path / "nope.toml"), {})
