@@ -45,6 +45,10 @@ class NodeConfig:
     http: bool = True
     #: HOST:PORT of the http actor.
     http_bind: str = "127.0.0.1:7780"
+    #: Log level of the supervisor and every actor (debug, info, warning, error).
+    log_level: str = "info"
+    #: text, or json (one object per line).
+    log_format: str = "text"
     #: Raft entries between snapshots (log compaction); >= 100.
     snapshot_every_entries: int = 20_000
     #: Shared secret for raft peer traffic (pysyncobj encryption); required off loopback.

@@ -38,27 +38,52 @@ def main(argv=None):
         setproctitle.setproctitle(f"jobbie-{name} [{config.node_id}]")
     except ImportError:
         pass
-    _log_to(os.path.join(config.log_dir, f"{name}.log"), name)
+    _log_to(os.path.join(config.log_dir, f"{name}.log"), name, config.log_level, config.log_format)
     if os.getppid() != parent or parent == 1:
         return 1
     module = importlib.import_module(f"jobbie.actors.{name}.actor")
     return module.run(config) or 0
 
 
-def _log_to(path: str, name: str):
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ISO 8601), level, actor, pid, logger, msg (and exc)."""
+
+    def __init__(self, actor: str):
+        super().__init__()
+        self.actor = actor
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+        import json
+        line = {"ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+                .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "level": record.levelname.lower(), "actor": self.actor, "pid": record.process,
+                "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def formatter(actor: str, log_format: str = "text") -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter(actor)
+    return logging.Formatter(f"%(asctime)s {actor}[%(process)d] %(levelname)s %(name)s: %(message)s")
+
+
+def _log_to(path: str, name: str, level: str = "info", log_format: str = "text"):
     """Log to DATA_DIR/logs/NAME.log, rotated at LOG_BYTES_MAX with LOG_BACKUPS old files kept.
 
     stderr (the same file, opened by the supervisor) still takes what bypasses logging, such as
     an interpreter crash; after a rotation those rare lines land in NAME.log.1.
     """
-    fmt = logging.Formatter(f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
+    fmt = formatter(name, log_format)
     try:
         handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES_MAX, backupCount=LOG_BACKUPS)
     except OSError:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
     root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
     root.addHandler(handler)
 
 

@@ -145,6 +145,24 @@ class Child:
                 "restarts": self.restarts, "alive": self.alive}
 
 
+def last_error_line(path: str, tail_bytes: int = 64 * 1024) -> str | None:
+    """The last error an actor logged: the final line of its last traceback, else its last ERROR or
+    CRITICAL log line (from the end of its log file), shortened to one line."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        text = line.strip()
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault)\b.*", text) or \
+                re.search(r"(^| )(ERROR|CRITICAL)[: ]", text):
+            return text[:300]
+    return None
+
+
 def free_port() -> int:
     with pysocket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -168,10 +186,14 @@ class Supervisor:
     # ----------------------------------------------------------------- set-up
     def prepare(self):
         cfg = self.config
-        os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
-        # The data dir holds every job's payload and the raft log: the owner's only.
-        os.chmod(cfg.data_dir, 0o700)
-        self.lock_file = open(os.path.join(cfg.data_dir, "LOCK"), "a+")
+        try:
+            os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+            # The data dir holds every job's payload and the raft log: the owner's only.
+            os.chmod(cfg.data_dir, 0o700)
+            self.lock_file = open(os.path.join(cfg.data_dir, "LOCK"), "a+")
+        except OSError as exc:
+            raise StartupError(f"data dir {cfg.data_dir}: cannot use it ({exc.strerror}); pass a --data-dir "
+                               "this user can create and write, or fix the folder's owner and mode") from None
         try:
             fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -197,12 +219,20 @@ class Supervisor:
             if identity.get("node_id") and identity["node_id"] != cfg.node_id:
                 raise StartupError(f"data dir {cfg.data_dir} belongs to node {identity['node_id']!r}, "
                                    f"not {cfg.node_id!r}")
+        members = sorted(set(cfg.peers) | ({cfg.raft_bind} if cfg.raft_bind else set()))
+        known = identity.get("members") or []
+        if cfg.peers and known and not set(known) & set(members):
+            raise StartupError(
+                f"data dir {cfg.data_dir} belongs to another cluster (its members were {', '.join(known)}; this "
+                f"start names {', '.join(members)}); pass that cluster's --peers, or another --data-dir")
         if not cfg.raft_bind:
             cfg.raft_bind = identity.get("raft_bind") or f"127.0.0.1:{free_port()}"
         elif identity.get("raft_bind") and identity["raft_bind"] != cfg.raft_bind:
             log.warning("raft address changed from %s to %s%s", identity["raft_bind"], cfg.raft_bind,
                         "; the other nodes must be told (jobbie cluster remove/add)" if cfg.peers else "")
         identity.update(node_id=cfg.node_id, raft_bind=cfg.raft_bind)
+        if cfg.peers:
+            identity["members"] = sorted(set(cfg.peers) | {cfg.raft_bind})
         check_client_bind(cfg.bind)
         raft_host, _, raft_port = cfg.raft_bind.rpartition(":")
         if not raft_port.isdigit() or not 0 < int(raft_port) < 65536:
@@ -269,9 +299,11 @@ class Supervisor:
                             f"{os.path.join(self.config.log_dir, child.name + '.log')})")
                 delay = child.policy.on_crash(now, now - child.started_at)
                 if delay is None:
+                    log_path = os.path.join(self.config.log_dir, child.name + ".log")
+                    last = last_error_line(log_path)
                     return (f"the {child.name} actor died {child.policy.intensity_max + 1} times within "
-                            f"{child.policy.intensity_window_s:g}s (last exit code {code}); see "
-                            f"{os.path.join(self.config.log_dir, child.name + '.log')}")
+                            f"{child.policy.intensity_window_s:g}s (last exit code {code}"
+                            f"{'; last error: ' + last if last else ''}); see {log_path}")
                 log.warning("%s actor (pid %d) exited with code %s; restarting in %.2fs",
                             child.name, child.proc.pid, code, delay)
                 child.restart_at = now + delay
@@ -345,7 +377,11 @@ def run_server(config: NodeConfig, bootstrap: bool = False, rejoin: bool = False
     # Every file and folder the node and its actors create is the owner's only (0600 / 0700):
     # payloads, the raft log, the node config and the logs are nobody else's business.
     os.umask(0o077)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s supervisor %(levelname)s: %(message)s")
+    from .launch import formatter
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter("supervisor", config.log_format) if config.log_format == "json" else
+                         logging.Formatter("%(asctime)s supervisor %(levelname)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO), handlers=[handler])
     try:
         return Supervisor(config, bootstrap=bootstrap, rejoin=rejoin).run()
     except StartupError as exc:

@@ -19,6 +19,17 @@ COMMON = {
     "note": "Kept in the audit trail with the decision.",
     "yes": "Do it without asking first.",
     "tries": "Ask this many times before giving up.",
+    "job_a": "The first job (e.g. the original run).",
+    "job_b": "The second job (e.g. its replay).",
+    "budget_id": "The budget's name.",
+    "address": "The voter's raft address, host:port.",
+    "max": "Active jobs at most; none (or 0) for no limit.",
+    "rate": "Jobs handed out per window.",
+    "period_ms": "The window's length in milliseconds.",
+    "after": "Cursor: list from after this id (the previous page's `next` line or `cursor`).",
+    "confirm": "Required: deleting a queue and its jobs cannot be undone.",
+    "priority": "critical, high, normal or low.",
+    "name": "The schedule's name.",
     "config": "A TOML file of settings: a key per flag (data-dir = \"...\"); flags and JOBBIE_* variables win "
               "over it. Default $JOBBIE_CONFIG.",
 }

@@ -57,8 +57,12 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                inflight_max: int = 50_000, inflight_per_client_max: int = 10_000, snapshot_every: int = 20_000,
                raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
                completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000,
-               usage: bool = True, http: bool = True, http_bind: str = "127.0.0.1:7780"):
+               usage: bool = True, http: bool = True, http_bind: str = "127.0.0.1:7780", log_level: str = "info",
+               log_format: str = "text", config: str = None):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
+
+        Every flag can also come from a JOBBIE_* variable (--http-bind: JOBBIE_HTTP_BIND) or a key of the
+        --config TOML file (http-bind = "..."); a flag wins over the variable, the variable over the file.
 
         Args:
           data_dir: Where the node keeps its LMDB store, raft journal and logs (created if missing).
@@ -82,6 +86,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
           http: Run the http actor: JSON API under /v1, the web UI at /, Prometheus /metrics
             (--http=false: none of them; the ZeroMQ port is unaffected).
           http_bind: HOST:PORT of the JSON API, web UI and /metrics (default 127.0.0.1:7780).
+          log_level: debug, info (default), warning or error: the supervisor's and every actor's logs.
+          log_format: text (default) or json (one JSON object per line: ts, level, actor, pid, logger, msg).
           bootstrap: First start of a new cluster on an empty data dir (with --peers).
           rejoin: This node lost its data dir; start empty and catch up from the leader (with --peers).
           completed_retention_ms: Delete completed and cancelled jobs this long after they finished
@@ -93,6 +99,10 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
         from jobbie.actors.supervisor import run_server
 
         peer_list = [p.strip() for p in str(peers).split(",") if p.strip()] if peers else []
+        if str(log_level).lower() not in LOG_LEVELS:
+            _fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}", 2)
+        if str(log_format).lower() not in ("text", "json"):
+            _fail(f"--log-format must be text or json, got {log_format!r}", 2)
         from jobbie.transport.ops import Limits
         if not 1 <= int(payload_max_bytes) <= Limits.payload_bytes_max:
             _fail(f"--payload-max-bytes must be between 1 and {Limits.payload_bytes_max} (1 MiB, the hard cap: "
@@ -104,7 +114,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                             completed_retention_ms=max(0, int(completed_retention_ms)),
                             worker_retention_ms=max(0, int(worker_retention_ms)),
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
-                            mirror=_flag(mirror), usage=_flag(usage), http=_flag(http), http_bind=str(http_bind))
+                            mirror=_flag(mirror), usage=_flag(usage), http=_flag(http), http_bind=str(http_bind),
+                            log_level=str(log_level).lower(), log_format=str(log_format).lower())
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay: str = None,
@@ -190,6 +201,23 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
         usage map (compare with a run without it); --budgets true sets two budgets every job falls under
         (global and namespace, never spent) before each run; --agent true runs agent jobs (every lifecycle
         ack continues: an iteration recorded, the job re-queued). See bench/README.md.
+
+        Args:
+          scenarios: Comma-separated scenario names (above).
+          concurrency: Comma-separated client counts to sweep, e.g. 10,50,200.
+          duration: Seconds per run.
+          repeats: Runs per scenario and client count; the median is reported.
+          batch_size: Jobs per enqueue_batch frame (scenario batch).
+          work_ms: Simulated work between fetch and ack (lifecycle, mixed).
+          durable: Start the node with --durable.
+          ceiling: Also measure the bare ZeroMQ echo at each client count, for the ratio.
+          json_out: Also append every run as JSON lines to this file.
+          markdown_out: Also write the median table (markdown) to this file.
+          mirror: true, false, or both (on/off pairs).
+          usage: Every lifecycle ack carries a usage map.
+          budgets: Two never-spent budgets cover every job.
+          agent: Agent jobs instead of plain ones.
+          http: true (the http actor runs, idle), false, or both (on/off pairs).
         """
         from jobbie.bench.run import main as bench_main
 
@@ -203,6 +231,12 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
     def status(self, server: str = None, output: str = "text"):
         """Show the node: raft role, indexes, durability mode, actor processes."""
         return _run(server, output, "cluster_status", {}, render.status)
+
+
+# Every flag of every command gets a line in --help (the shared ones are described once).
+from .helptext import document_all  # noqa: E402
+
+UNDOCUMENTED_FLAGS = document_all(Cli)
 
 
 def command_of(argv: list[str]):
@@ -314,6 +348,29 @@ def check_flags(argv: list[str]):
                 f"see jobbie {command} --help)")
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def server_settings(argv: list[str]) -> list[str]:
+    """The `jobbie server` flags that JOBBIE_* variables and --config give (one line and exit 2 if bad)."""
+    from .settings import SettingsError, server_flags
+    given, config, i = set(), None, 1
+    while i < len(argv):
+        name, eq, value = argv[i].removeprefix("--").partition("=")
+        if argv[i].startswith("--"):
+            key = name.replace("-", "_")
+            given.add(key.removeprefix("no") if key.startswith("no") and key[2:] in ("durable", "mirror", "usage",
+                                                                                     "http", "bootstrap", "rejoin")
+                      else key)
+            if key == "config":
+                config = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+        i += 1
+    try:
+        return server_flags(Cli.server, given, config, os.environ)
+    except SettingsError as exc:
+        _refuse(f"jobbie server: {exc}")
+
+
 def _refuse(message: str):
     print(message, file=sys.stderr)
     sys.exit(2)
@@ -369,6 +426,8 @@ def main(argv=None):
         return
     argv = help_words(argv)
     check_flags(list(argv))
+    if argv[:1] == ["server"] and "--" not in argv:
+        argv = argv + server_settings(argv)
     try:
         fire.Fire(Cli(), command=protect_strings(list(argv)), name="jobbie")
         sys.stdout.flush()

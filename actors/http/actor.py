@@ -101,7 +101,7 @@ def run(config: NodeConfig):
     link = GatewayLink(config.client_endpoint, config.write_timeout_ms / 1000.0)
     app = Timing(build_app(link))
     server = uvicorn.Server(uvicorn.Config(app, host=host.strip("[]"), port=int(port), log_level="warning",
-                                           access_log=False, lifespan="on", server_header=False,
+                                           log_config=None, access_log=False, lifespan="on", server_header=False,
                                            timeout_graceful_shutdown=5))
     log.info("http: JSON API, web UI and /metrics at http://%s/ (gateway %s)", config.http_bind,
              config.client_endpoint)

@@ -28,3 +28,17 @@ def test_actor_logs_rotate_by_size_and_keep_a_bounded_number_of_files(tmp_path, 
     assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
     text = path.read_text()
     assert "line 199" in text and text.split(" ")[2].startswith("gateway[")
+
+
+def test_last_error_line_takes_a_tracebacks_last_line_or_the_last_error_record(tmp_path):
+    from jobbie.actors.supervisor import last_error_line
+    log = tmp_path / "raft.log"
+    log.write_text("2026-01-01 raft[1] INFO x: started\nTraceback (most recent call last):\n  File \"a.py\", line 1\n"
+                   "lmdb.MapFullError: mdb_put: MDB_MAP_FULL: Environment mapsize limit reached\n"
+                   "2026-01-01 raft[2] INFO x: started again\n")
+    assert last_error_line(str(log)).startswith("lmdb.MapFullError: mdb_put")
+    log.write_text("2026-01-01 gateway[1] INFO x: ok\n2026-01-01 gateway[1] ERROR x: cannot bind\n2026-01-01 gateway[1] INFO y\n")
+    assert last_error_line(str(log)) == "2026-01-01 gateway[1] ERROR x: cannot bind"
+    log.write_text("all fine\n")
+    assert last_error_line(str(log)) is None
+    assert last_error_line(str(tmp_path / "missing.log")) is None

@@ -67,3 +67,14 @@ def test_bad_settings_are_one_line(tmp_path, config, environ, words):
 def test_a_missing_config_file(tmp_path):
     with pytest.raises(SettingsError, match="no such file"):
         server_flags(Cli.server, set(), str(tmp_path / "nope.toml"), {})
+
+
+def test_every_flag_of_every_command_has_a_help_line():
+    from jobbie.cli.helptext import _described, commands
+    from jobbie.cli.main import UNDOCUMENTED_FLAGS
+    assert UNDOCUMENTED_FLAGS == {}
+    import inspect
+    for func in commands(Cli):
+        params = [n for n, p in inspect.signature(func).parameters.items()
+                  if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        assert set(params) <= _described(func.__doc__ or ""), func.__qualname__
