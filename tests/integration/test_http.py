@@ -293,3 +293,34 @@ def test_curl_examples_in_the_operations_doc_work(api_node):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert '"error"' not in proc.stdout.replace('"error":null', ""), proc.stdout
     assert "jobbie_jobs" in proc.stdout
+
+
+def _path(route) -> str:
+    values = {"queue": "bad-input-q", "job_id": "job_nope", "n": "1", "budget_id": "nope", "bulk_id": "nope"}
+    path = route.path.replace("{n:int}", "{n}")
+    for name, value in values.items():
+        path = path.replace("{" + name + "}", value)
+    return path
+
+
+@pytest.mark.parametrize("route", [r for r in __import__("jobbie.actors.http.core", fromlist=["ROUTES"]).ROUTES],
+                         ids=lambda r: f"{r.method} {r.path}")
+def test_bad_input_on_every_resource_route(http, route):
+    path = _path(route)
+    if route.query:
+        # An unknown query parameter and a mistyped one (where the op has a typed arg)
+        r = http.request(route.method, path, params={"zzz_unknown": "1"})
+        assert r.status_code == 400 and (error_of(r)["field"], error_of(r)["reason"]) == ("zzz_unknown",
+                                                                                            "unknown_field")
+        return
+    for body, status, reason, field in ((b'{"a": ', 400, "malformed", None),
+                                        (b'{"zzz_unknown": 1}', 400, "unknown_field", "zzz_unknown"),
+                                        (b'"a string"', 400, "wrong_type", "args"),
+                                        (b" " * (9 * 1024 * 1024), 413, "too_large", None)):
+        r = http.request(route.method, path, content=body, headers=JSON)
+        assert r.status_code == status, (route.path, body[:20], r.text)
+        err = error_of(r)
+        assert err["reason"] == reason, (route.path, err)
+        if field:
+            assert err["field"] == field, (route.path, err)
+    assert http.get("/healthz").status_code == 200
