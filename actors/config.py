@@ -45,6 +45,10 @@ class NodeConfig:
     http: bool = True
     #: HOST:PORT of the http actor.
     http_bind: str = "127.0.0.1:7780"
+    #: Every request needs a token whose role covers its op (except `health`).
+    auth: bool = False
+    #: With auth, on a first start: {"id", "hash"} of the first admin token (the supervisor prints it).
+    bootstrap_token: dict | None = None
     #: Log level of the supervisor and every actor (debug, info, warning, error).
     log_level: str = "info"
     #: text, or json (one object per line).

@@ -19,11 +19,13 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket as pysocket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +47,15 @@ EXIT_GAVE_UP = 3
 #: An actor exiting with this code cannot start at all (e.g. an unrecoverable data dir): no restart.
 EXIT_CANNOT_START = 78
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+#: In the data dir once the first admin token of an --auth node was shown (it holds no secret).
+AUTH_MARKER = "auth-bootstrap"
+
+
+def _loopback_endpoint(endpoint: str) -> bool:
+    if not endpoint.startswith("tcp://"):
+        return True  # ipc:// and inproc:// stay on this machine
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    return host.startswith(LOOPBACK)
 
 
 class StartupError(Exception):
@@ -182,6 +193,8 @@ class Supervisor:
         self.config_path = ""
         #: The run dir is a mkdtemp folder (deep data dir), removed when the node stops.
         self.temporary_run_dir = False
+        #: With --auth on a first start: the first admin token, printed once it works.
+        self.first_token = None
 
     # ----------------------------------------------------------------- set-up
     def prepare(self):
@@ -249,8 +262,62 @@ class Supervisor:
         os.makedirs(cfg.run_dir, mode=0o700, exist_ok=True)
         os.chmod(cfg.run_dir, 0o700)  # the node config in it may hold the raft password
         os.makedirs(cfg.log_dir, exist_ok=True)
+        self.prepare_auth()
         self.config_path = os.path.join(cfg.run_dir, "node.msgpack")
         cfg.save(self.config_path)
+
+    def prepare_auth(self):
+        """With --auth on a first start: a first admin token, whose hash the gateway proposes (the
+        secret stays in this process and is printed once it works). Without --auth: a loud warning
+        when the client or HTTP port is reachable from other machines."""
+        cfg = self.config
+        if not cfg.auth:
+            http_host = cfg.http_bind.rpartition(":")[0].strip("[]")
+            open_to = [f"--bind {cfg.bind}"] if not _loopback_endpoint(cfg.bind) else []
+            if cfg.http and not http_host.startswith(LOOPBACK):
+                open_to.append(f"--http-bind {cfg.http_bind}")
+            if open_to:
+                print(f"jobbie: WARNING: {' and '.join(open_to)} can be reached from other machines and this node "
+                      "runs without --auth: anyone who reaches it can read, change and delete every job",
+                      file=sys.stderr, flush=True)
+            return
+        if os.path.exists(os.path.join(cfg.data_dir, AUTH_MARKER)):
+            return
+        from .gateway.auth import secret_hash
+        secret, token_id = secrets.token_urlsafe(32), "tok_" + secrets.token_hex(13)
+        cfg.bootstrap_token = {"id": token_id, "hash": secret_hash(secret)}
+        self.first_token = f"{token_id}.{secret}"
+
+    def announce_first_token(self):
+        """Print the first admin token once the cluster has it; remember that it was shown."""
+        from jobbie.transport.client import Client
+        from jobbie.transport.errors import JobbieError, Unauthenticated
+        refused_since = None
+        deadline = time.monotonic() + 120.0
+        with Client(self.config.client_endpoint, timeout=2.0, retry_for=0, connect_timeout=10.0,
+                    token=self.first_token) as client:
+            while not self.stopping and time.monotonic() < deadline:
+                try:
+                    client.call("list_tokens")
+                    print("jobbie: auth is on. The first admin token, shown this once (the node keeps only its hash):\n"
+                          f"  {self.first_token}\n"
+                          "jobbie: give clients a token in JOBBIE_TOKEN; make more with: jobbie token create NAME "
+                          "--role worker", file=sys.stderr, flush=True)
+                    break
+                except Unauthenticated:
+                    # Not made yet, or another node's first token won: then ours never will be.
+                    refused_since = refused_since or time.monotonic()
+                    if time.monotonic() - refused_since > 15.0:
+                        print("jobbie: auth is on and this cluster already has tokens; ask an admin for one "
+                              "(jobbie token create)", file=sys.stderr, flush=True)
+                        break
+                except JobbieError:
+                    pass
+                time.sleep(0.25)
+            else:
+                return
+        with open(os.path.join(self.config.data_dir, AUTH_MARKER), "w") as f:
+            f.write(f"the first admin token was shown at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
 
     def check_raft_security(self):
         cfg = self.config
@@ -348,6 +415,8 @@ class Supervisor:
               f"logs in {cfg.log_dir}", file=sys.stderr, flush=True)
         if cfg.http:
             print(f"jobbie: web UI, JSON API and /metrics at http://{cfg.http_bind}/", file=sys.stderr, flush=True)
+        if self.first_token:
+            threading.Thread(target=self.announce_first_token, name="first-token", daemon=True).start()
         reason = None
         last_publish = 0.0
         try:

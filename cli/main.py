@@ -21,6 +21,7 @@ from .manage import ManageCommands
 from .search import SearchCommands
 from .agents import AgentCommands
 from .budgets import BudgetCommands
+from .tokens import TokenCommands
 from .usage import UsageCommands
 from .worker import WorkerCommands
 
@@ -44,7 +45,7 @@ class ClusterCli:
         return _run(server, output, "cluster_remove", {"address": str(address)}, lambda r: f"removed {address}")
 
 
-class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands, WorkerCommands):
+class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands, TokenCommands, WorkerCommands):
     """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
 
     Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.
@@ -58,7 +59,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
                completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000,
                usage: bool = True, http: bool = True, http_bind: str = "127.0.0.1:7780", log_level: str = "info",
-               log_format: str = "text", config: str = None):
+               log_format: str = "text", auth: bool = False, config: str = None):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Every flag can also come from a JOBBIE_* variable (--http-bind: JOBBIE_HTTP_BIND) or a key of the
@@ -86,6 +87,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
           http: Run the http actor: JSON API under /v1, the web UI at /, Prometheus /metrics
             (--http=false: none of them; the ZeroMQ port is unaffected).
           http_bind: HOST:PORT of the JSON API, web UI and /metrics (default 127.0.0.1:7780).
+          auth: Every request needs an API token whose role covers its op (health excepted); the first start
+            prints the first admin token once. See docs/security.md.
           log_level: debug, info (default), warning or error: the supervisor's and every actor's logs.
           log_format: text (default) or json (one JSON object per line: ts, level, actor, pid, logger, msg).
           bootstrap: First start of a new cluster on an empty data dir (with --peers).
@@ -115,7 +118,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                             worker_retention_ms=max(0, int(worker_retention_ms)),
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
                             mirror=_flag(mirror), usage=_flag(usage), http=_flag(http), http_bind=str(http_bind),
-                            log_level=str(log_level).lower(), log_format=str(log_format).lower())
+                            log_level=str(log_level).lower(), log_format=str(log_format).lower(), auth=_flag(auth))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay: str = None,

@@ -83,6 +83,20 @@ OK_FIELD_DOCS = {
     ("list_audit", "cursor"): "Pass as `before` for the next (older) page, or nil.",
     ("list_audit", "has_more"): "`true` when older events match.",
     ("replay_job", "job_id"): "The new job's id.",
+    ("create_token", "token_id"): "The token's id (`tok_...`), the part before the dot.",
+    ("create_token", "name"): "The name given.",
+    ("create_token", "role"): "The role given.",
+    ("create_token", "token"): "`TOKEN_ID.SECRET`: what clients send as `token`. Only in this answer: the node "
+                               "keeps a SHA-256 of the secret (a retry answered from the request_id record has "
+                               "no `token`).",
+    ("list_tokens", "tokens"): "`{id, name, role, created_at, created_by, note, revoked_at, revoked_by}` per token, "
+                               "by name (never a secret or hash).",
+    ("revoke_token", "token_id"): "The revoked token's id.",
+    ("revoke_token", "name"): "Its name.",
+    ("revoke_token", "revoked_at"): "When it was revoked (ms; an earlier revocation's time if it already was).",
+    ("health", "node_id"): "This node's id.",
+    ("health", "role"): "`leader`, `follower`, `candidate`, or `unknown` (no recent raft report).",
+    ("health", "leader_known"): "`true` when the raft layer knows a leader.",
     ("replay_job", "state"): "The new job's state (`pending`).",
     ("replay_job", "iteration"): "The iteration it starts at.",
     ("ack", "iteration"): "With agent_status continue: the job's next iteration.",

@@ -28,6 +28,7 @@ Every index key sorts so that "the next thing to do" is one cursor seek:
 - ``audit``:    seq(8)                              -> audit record (storage/audit.py)
 - ``audit_by_job`` / ``audit_by_budget``: id NUL seq(8) -> b""
 - ``iterations``: job_id NUL n(4)                   -> record of the agent job's n-th iteration (storage/agents.py)
+- ``tokens``:   token_id                            -> API token record: name, role, SHA-256 of the secret (storage/tokens.py)
 
 Queue names are ASCII without NUL (transport/ops.py), so NUL ends the queue
 part and every queue's keys form one contiguous range.
@@ -46,7 +47,8 @@ RANK_PRIORITY = {v: k for k, v in PRIORITY_RANK.items()}
 DB_NAMES = (b"meta", b"jobs", b"pending", b"due", b"leases", b"expiry", b"unique", b"queues",
             b"dedupe", b"dedupe_at", b"errors", b"workers", b"batches", b"by_queue", b"done", b"schedules",
             b"schedule_due", b"throttled", b"prices", b"usage", b"usage_seq", b"budgets", b"budget_scope",
-            b"budget_held", b"budget_resume", b"hold_due", b"audit", b"audit_by_job", b"audit_by_budget", b"iterations")
+            b"budget_held", b"budget_resume", b"hold_due", b"audit", b"audit_by_job", b"audit_by_budget", b"iterations",
+            b"tokens")
 
 #: One byte per state in `by_queue` keys (STATES order of storage/states.py).
 STATE_CODE = {"scheduled": 1, "pending": 2, "active": 3, "completed": 4, "retrying": 5, "dead": 6,

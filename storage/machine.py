@@ -32,7 +32,7 @@ import lmdb
 from jobbie.transport.codec import decode_trusted, encode
 from jobbie.transport.errors import InvariantViolation, check, error_result
 
-from . import agents, budgets, holds, management, schedules, tick, usage
+from . import agents, budgets, holds, management, schedules, tick, tokens, usage
 from . import keys as K
 from .apply import (DEDUPE_TTL_MS, ERRORS_KEPT, Apply, Changes, _ok,  # noqa: F401 (re-exported)
                     after_failed_attempt as _after_failed_attempt, attempt_timeout_ms, attempts_left, backoff_ms,
@@ -381,6 +381,7 @@ HANDLERS = {
     **usage.HANDLERS,
     **budgets.HANDLERS,
     **holds.HANDLERS,
+    **tokens.HANDLERS,
     **agents.HANDLERS,
     "tick": tick.handle_tick,
 }

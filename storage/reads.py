@@ -7,7 +7,7 @@ import struct
 
 from jobbie.transport.codec import decode_trusted
 
-from . import agents, audit, budgets, holds
+from . import agents, audit, budgets, holds, tokens
 from . import keys as K
 from .machine import applied_index
 from .queues import window_reopens_at
@@ -206,6 +206,7 @@ READERS = {
     **audit.READERS,
     **budgets.READERS,
     **holds.READERS,
+    **tokens.READERS,
     **agents.READERS,
     "get_job": read_get_job,
     "list_queues": read_list_queues,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 import uuid
 
@@ -41,12 +42,14 @@ class AsyncClient(Methods):
     """
 
     def __init__(self, server: str | None = None, timeout: float = 10.0, retry_for: float = 30.0,
-                 client_key: str | None = None, connect_timeout: float = 2.0):
+                 client_key: str | None = None, connect_timeout: float = 2.0, token: str | None = None):
         self.endpoint = server_endpoint(server)
         self._endpoints = check_endpoints(self.endpoint)
         self.timeout = timeout
         self.retry_for = retry_for
         self.client_key = client_key
+        #: API token for a node started with --auth (default $JOBBIE_TOKEN); sent with every request.
+        self.token = token if token is not None else (os.environ.get("JOBBIE_TOKEN") or None)
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
         self._futures: dict[int, asyncio.Future] = {}
@@ -101,6 +104,8 @@ class AsyncClient(Methods):
         msg = {"id": req_id, "op": op, "args": args or {}}
         if self.client_key:
             msg["client"] = self.client_key
+        if self.token:
+            msg["token"] = self.token
         frame = codec.encode(msg)
         if len(frame) > LOCAL_CHECK_BYTES:
             _refuse_oversized(op, args or {}, len(frame))

@@ -62,8 +62,18 @@ class Internal(JobbieError):
     code = "INTERNAL"
 
 
+class Unauthenticated(JobbieError):
+    """No token, or one the cluster does not know or has revoked (a node started with --auth)."""
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(JobbieError):
+    """The token's role does not cover the op."""
+    code = "PERMISSION_DENIED"
+
+
 CODES = {cls.code: cls for cls in (InvalidArgument, NotFound, FailedPrecondition, AlreadyExists,
-                                   ResourceExhausted, Unavailable, Internal)}
+                                   ResourceExhausted, Unavailable, Internal, Unauthenticated, PermissionDenied)}
 
 #: Every `reason` the server (or the Python client) sends: reason -> (code, when). docs/protocol.md's
 #: reason table is generated from it, and a unit test checks that every reason the code spells is
@@ -151,6 +161,14 @@ REASONS: dict[str, tuple[str, str]] = {
     "request_denied": ("UNAVAILABLE", "The raft layer refused the entry."),
     "unknown_outcome": ("UNAVAILABLE", "The raft layer could not say whether the entry committed: retry with the "
                         "same `request_id`."),
+    # --- tokens (a node started with --auth)
+    "token_required": ("UNAUTHENTICATED", "The request has no `token` and the op is not `health`."),
+    "token_invalid": ("UNAUTHENTICATED", "The `token` is malformed, or not one this cluster made."),
+    "token_revoked": ("UNAUTHENTICATED", "The `token` was revoked (revoke_token)."),
+    "role_forbids": ("PERMISSION_DENIED", "The token's role does not cover the op (the message names the role "
+                     "needed)."),
+    "name_taken": ("ALREADY_EXISTS", "`create_token` with the name of a live token."),
+    "tokens_exist": ("FAILED_PRECONDITION", "The first admin token is made only while the cluster has no token."),
     # --- bugs
     "gateway_error": ("INTERNAL", "An unexpected error in the gateway while handling the request."),
     "apply_failed": ("INTERNAL", "An unexpected error inside the state machine; that op left no trace, the rest of "

@@ -563,5 +563,7 @@ from . import ops_usage  # noqa: E402,F401
 from . import ops_budgets  # noqa: E402,F401
 # Likewise agent iterations and replay.
 from . import ops_agents  # noqa: E402,F401
+# Likewise API tokens (and the role each op needs).
+from . import ops_auth  # noqa: E402,F401
 
 WRITE_OPS = frozenset(name for name, op in OPS.items() if op.path == "write")

@@ -16,7 +16,7 @@ SCOPES = ("global", "namespace", "queue", "tag")
 WINDOWS = ("total", "day", "month", "hours")
 ON_EXCEED = ("hold", "reject", "alert")
 AUDIT_KINDS = ("held", "released", "approved", "rejected", "budget_set", "budget_deleted", "budget_extended",
-               "budget_exceeded", "price_set", "price_deleted")
+               "budget_exceeded", "price_set", "price_deleted", "token_created", "token_revoked")
 HOURS_MAX = 744
 IDS_MAX = 1000
 USD_MAX = 1e9

@@ -12,12 +12,13 @@ to a few seconds), then exits.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 
 import lmdb
 import zmq
 
-from jobbie.storage import reads
+from jobbie.storage import reads, tokens
 from jobbie.storage.env import Store, store_ready
 from jobbie.transport import codec, ops as opsdef
 from jobbie.transport.codec import FRAME_CUT_BYTES
@@ -25,6 +26,7 @@ from jobbie.transport.errors import Unavailable
 from jobbie.transport.ids import IdGenerator
 from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
+from .auth import Auth
 from .core import GatewayCore
 
 log = logging.getLogger("jobbie.gateway")
@@ -67,6 +69,10 @@ class LmdbReader:
         """The `ok` map of a read op (storage/reads.py READERS), or None when not found."""
         return self._read(reads.READERS[op_name], args)
 
+    def token(self, token_id: str):
+        """A token record (hash included) for the auth check, or None."""
+        return self._read(tokens.find, token_id)
+
 
 class GatewayActor(PumpActor):
     inputs = ("clients", "in", "status")
@@ -79,7 +85,10 @@ class GatewayActor(PumpActor):
             config.node_id, time.time_ns() & 0x7FFFFFFFFFFF, IdGenerator(), LmdbReader(config.lmdb_path),
             opsdef.Limits(payload_bytes_max=config.payload_bytes_max, result_bytes_max=config.payload_bytes_max),
             config.write_timeout_ms / 1000.0, durable=config.durable, mirror=config.mirror,
-            usage=config.usage)
+            usage=config.usage, auth=None, bootstrap_token=config.bootstrap_token if config.auth else None,
+            make_secret=lambda: secrets.token_urlsafe(32))
+        if config.auth:
+            self.core.auth = Auth(self.core.reader.token)
 
     def open_sockets(self, ctx):
         cfg = self.config

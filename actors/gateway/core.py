@@ -40,7 +40,9 @@ MIRROR_TIMEOUT_S = {"search_jobs": 10.0, "bulk_status": 10.0, "bulk": 120.0, "re
                     "usage_summary": 10.0, "rebuild_usage": 600.0}
 #: Writes whose op carries the request's client key as `who`, for the audit trail.
 AUDITED = frozenset({"approve_job", "reject_job", "set_budget", "delete_budget", "set_price", "delete_price",
-                     "cancel_job", "delete_job"})
+                     "cancel_job", "delete_job", "create_token", "revoke_token"})
+#: How often the gateway of an --auth node proposes the first admin token until it exists.
+BOOTSTRAP_EVERY_S = 2.0
 #: Reads that show figures at the gateway's time (a budget's spend in its current window).
 READS_AT_NOW = frozenset({"get_budget", "list_budgets"})
 #: The mirror reports every 0.5 s; after this long without a report its ops are refused at once.
@@ -48,9 +50,9 @@ MIRROR_STALE_S = 3.0
 
 
 class Pending:
-    __slots__ = ("ident", "envelope", "req_id", "op", "client", "deadline", "args", "wait_until")
+    __slots__ = ("ident", "envelope", "req_id", "op", "client", "deadline", "args", "wait_until", "who")
 
-    def __init__(self, ident, envelope, req_id, op, client, deadline, args=None, wait_until=0.0):
+    def __init__(self, ident, envelope, req_id, op, client, deadline, args=None, wait_until=0.0, who=None):
         self.ident = ident
         self.envelope = envelope
         self.req_id = req_id
@@ -59,12 +61,22 @@ class Pending:
         self.deadline = deadline
         self.args = args
         self.wait_until = wait_until
+        #: For the audit trail: `token:NAME` when the request carried a token, else the client key.
+        self.who = who
 
 
 class GatewayCore:
     def __init__(self, node_id: str, incarnation: int, ids, reader, limits: opsdef.Limits = opsdef.Limits(),
-                 write_timeout_s: float = 5.0, durable: bool = False, mirror: bool = True, usage: bool = True):
+                 write_timeout_s: float = 5.0, durable: bool = False, mirror: bool = True, usage: bool = True,
+                 auth=None, bootstrap_token: dict | None = None, make_secret=None):
         self.node_id = node_id
+        #: With --auth: the token check (actors/gateway/auth.py); None lets every request through.
+        self.auth = auth
+        #: With --auth on a first start: {"id", "hash"} of the first admin token, proposed until it exists.
+        self.bootstrap_token = bootstrap_token
+        self.bootstrap_at = 0.0
+        #: Makes a token's secret (injected: the core itself makes no randomness).
+        self.make_secret = make_secret
         self.mirror_enabled = mirror
         self.usage_enabled = usage
         self.durable = durable
@@ -111,6 +123,8 @@ class GatewayCore:
         return out
 
     def reply(self, ident, envelope, req_id, body_key, body):
+        if ident is None:
+            return  # the gateway's own op (the first admin token): nobody to answer
         frame = codec.encode({"id": req_id, body_key: body})
         self.replies.append([ident, b"", frame] if envelope else [ident, frame])
 
@@ -159,11 +173,18 @@ class GatewayCore:
                                       field="id", reason="missing_field" if absent else "wrong_type")
             if msg.get("op") is None:
                 raise InvalidArgument("request has no op", field="op", reason="missing_field")
-            extra = set(msg) - {"id", "op", "args", "client"}
+            extra = set(msg) - {"id", "op", "args", "client", "token"}
             if extra:
                 name = sorted(map(str, extra))[0]
-                raise InvalidArgument(f"unknown envelope field {name[:64]} (accepted: id, op, args, client)",
+                raise InvalidArgument(f"unknown envelope field {name[:64]} (accepted: id, op, args, client, token)",
                                       field=name[:64], reason="unknown_field")
+            who = None
+            if self.auth is not None:
+                # Before the args are read: without the right token, a request learns nothing.
+                name = msg["op"] if type(msg["op"]) is str else ""
+                who = self.auth.check(msg.get("token"), name, now)
+                if who is not None:
+                    who = f"token:{who}"
             client = msg.get("client")
             if client is not None and type(client) is not str:
                 raise InvalidArgument("client must be a string", field="client", reason="wrong_type")
@@ -192,16 +213,17 @@ class GatewayCore:
             return
         client = client or ident.hex()
         try:
-            self.dispatch(ident, envelope, req_id, op, args, client, now)
+            self.dispatch(ident, envelope, req_id, op, args, client, now, who)
         except Exception as exc:  # a bug: answer INTERNAL, keep serving everyone else
             log.exception("request %s (%s) failed in the gateway", req_id, op.name)
             self.reply(ident, envelope, req_id, "err", {"code": "INTERNAL", "reason": "gateway_error",
                                                          "message": f"{type(exc).__name__}: {exc}"})
 
-    def dispatch(self, ident, envelope, req_id, op, args, client, now):
+    def dispatch(self, ident, envelope, req_id, op, args, client, now, who=None):
         if op.path == "local":
             self.count(op.name, "OK")
-            self.reply(ident, envelope, req_id, "ok", self.cluster_status(now))
+            self.reply(ident, envelope, req_id, "ok", self.health(now) if op.name == "health" else
+                       self.cluster_status(now))
         elif op.path == "read":
             self.read(ident, envelope, req_id, op.name, args, now)
         elif op.path == "control":
@@ -212,18 +234,20 @@ class GatewayCore:
             heapq.heappush(self.deadlines, (p.deadline, self.seq))
             self.control_out.append([tag, op.name, args])
         elif op.path == "mirror":
-            self.to_mirror(ident, envelope, req_id, op.name, args, client, now)
+            self.to_mirror(ident, envelope, req_id, op.name, args, client, now, who)
         elif op.path == "usage":
             self.to_usage(ident, envelope, req_id, op.name, args, client, now)
         else:
-            p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s)
+            p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s, who=who)
+            if op.name == "create_token":
+                p.args = {"token_id": self.ids.new("tok"), "secret": self.make_secret()}
             if op.name == "fetch":
                 p.args = args
                 p.wait_until = now + args["wait_ms"] / 1000.0
                 p.deadline = p.wait_until + self.write_timeout_s
             self.submit(p, args, now)
 
-    def to_mirror(self, ident, envelope, req_id, name, args, client, now):
+    def to_mirror(self, ident, envelope, req_id, name, args, client, now, who=None):
         if not self.mirror_enabled:
             self.count(name, "UNAVAILABLE")
             self.reply(ident, envelope, req_id, "err", {
@@ -240,7 +264,7 @@ class GatewayCore:
                            "or restarting, retry shortly"})
             return
         if name == "bulk" and args["action"] in ("approve", "reject") and not args.get("actor"):
-            args = dict(args, actor=client)  # who decided, for the audit trail
+            args = dict(args, actor=who or client)  # who decided, for the audit trail
         self.mirror_out.append(self.pending_view_request(ident, envelope, req_id, name, args, client, now))
 
     def to_usage(self, ident, envelope, req_id, name, args, client, now):
@@ -281,8 +305,11 @@ class GatewayCore:
         tag = [GW, self.incarnation, self.seq]
         op = {"op": p.op, "args": args, "now": int(now * 1000), "tag": tag}
         if p.op in AUDITED or (p.op == "enqueue" and args.get("hold")):
-            op["who"] = p.client  # for the audit trail (the `actor` arg, when given, wins)
+            op["who"] = p.who or p.client  # for the audit trail (the `actor` arg, when given, wins)
         ids = self.make_ids(p.op, args)
+        if p.op == "create_token":
+            from .auth import secret_hash
+            ids = [p.args["token_id"], secret_hash(p.args["secret"])]
         if ids:
             op["ids"] = ids
         data = codec.encode(op)
@@ -328,9 +355,17 @@ class GatewayCore:
             if (p.op == "fetch" and "ok" in result and not result["ok"]["jobs"] and p.wait_until > now):
                 self.park(tag[2], p)
                 continue
+            if p.ident is None:
+                self.on_own_result(p, result)
+                continue
             if "ok" in result:
                 self.count(p.op, "OK")
-                self.reply(p.ident, p.envelope, p.req_id, "ok", result["ok"])
+                ok = result["ok"]
+                if p.op == "create_token" and ok.get("token_id") == p.args["token_id"]:
+                    # The secret exists only here and in this answer (a retry of the same request_id,
+                    # answered from the dedupe record, made another id and gets no secret).
+                    ok = dict(ok, token=f"{ok['token_id']}.{p.args['secret']}")
+                self.reply(p.ident, p.envelope, p.req_id, "ok", ok)
             else:
                 self.count(p.op, result["err"].get("code", "INTERNAL"))
                 self.reply(p.ident, p.envelope, p.req_id, "err", result["err"])
@@ -363,8 +398,39 @@ class GatewayCore:
             count -= p.args["count"]
             self.submit(p, p.args, now)
 
+    # ------------------------------------------------------------ first token
+    def maybe_bootstrap(self, now: float):
+        """On the leader of an --auth node's first start: propose the first admin token until it exists."""
+        if self.bootstrap_token is None or now < self.bootstrap_at:
+            return
+        if self.raft_status.get("role") != "leader":
+            return
+        self.bootstrap_at = now + BOOTSTRAP_EVERY_S
+        p = Pending(None, False, -1, "create_token", "gateway", now + self.write_timeout_s, who="server:bootstrap")
+        args = {"name": "admin", "role": "admin", "note": "the first admin token (jobbie server --auth)",
+                "bootstrap": True}
+        self.seq += 1
+        tag = [GW, self.incarnation, self.seq]
+        op = {"op": "create_token", "args": args, "now": int(now * 1000), "tag": tag, "who": p.who,
+              "ids": [self.bootstrap_token["id"], self.bootstrap_token["hash"]]}
+        data = codec.encode(op)
+        self.pending[self.seq] = p
+        heapq.heappush(self.deadlines, (p.deadline, self.seq))
+        self.ops_out.append([p.client, len(data), tag, data])
+
+    def on_own_result(self, p: Pending, result: dict):
+        if p.op == "create_token" and ("ok" in result or (result.get("err") or {}).get("reason") == "tokens_exist"):
+            self.bootstrap_token = None  # made, or another node's first token won
+
+    def health(self, now: float) -> dict:
+        raft = self.raft_status
+        fresh = raft and now - raft.get("seen_at", 0) < 2.0
+        return {"node_id": raft.get("node_id", self.node_id), "role": raft.get("role", "unknown") if fresh else "unknown",
+                "leader_known": bool(fresh and raft.get("leader"))}
+
     # ------------------------------------------------------------------- time
     def on_tick(self, now: float):
+        self.maybe_bootstrap(now)
         heap = self.deadlines
         while heap and heap[0][0] <= now:
             _, seq = heapq.heappop(heap)

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from jobbie.actors.config import NodeConfig
 
 from . import metrics
-from .api import Api
+from .api import Api, bearer
 from .link import GatewayLink
 from .ui import SAMPLE_EVERY_S, Ui
 
@@ -73,7 +73,8 @@ def build_app(link: GatewayLink) -> Starlette:
         now_ms = int(time.time() * 1000)
         names = ("cluster_status", "list_queues", "usage_summary", "list_budgets")
         args = ({}, {}, {"since": now_ms - USAGE_WINDOW_MS, "group_by": ["queue", "model"], "limit": 10_000}, {})
-        replies = await asyncio.gather(*(link.call(n, a, "metrics") for n, a in zip(names, args)))
+        token = bearer(request)
+        replies = await asyncio.gather(*(link.call(n, a, "metrics", token) for n, a in zip(names, args)))
         snap = {n: r.get("ok") for n, r in zip(names, replies)}
         return Response(metrics.exposition(snap), media_type="text/plain; version=0.0.4; charset=utf-8")
 

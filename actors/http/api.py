@@ -55,6 +55,12 @@ async def json_args(request: Request):
     return core.parse_body(data)
 
 
+def bearer(request: Request) -> str | None:
+    """The token of `Authorization: Bearer TOKEN` (for a node started with --auth), else None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
 def client_key(request: Request) -> str:
     """The `client` key for admission's per-client limits and the audit trail."""
     given = request.headers.get("x-jobbie-client", "")
@@ -71,7 +77,7 @@ class Api:
 
     async def answer(self, request: Request, op: str, args) -> Response:
         try:
-            reply = await self.link.call(op, args, client_key(request))
+            reply = await self.link.call(op, args, client_key(request), bearer(request))
         except (OverflowError, ValueError, TypeError) as exc:  # a value msgpack cannot encode
             return refusal(InvalidArgument(f"the request holds a value the protocol cannot carry: {exc}",
                                            reason="out_of_range"))
@@ -109,16 +115,17 @@ class Api:
 
     async def readyz(self, request: Request) -> Response:
         """Ready: the gateway answers, raft knows a leader, and the store answers a read."""
-        reply = await self.link.call("cluster_status", {})
+        reply = await self.link.call("health", {})
         status = reply.get("ok")
         if status is None:
             return json_response({"ready": False, "why": (reply.get("err") or {}).get("message")}, 503)
-        if not status.get("leader"):
+        if not status.get("leader_known"):
             return json_response({"ready": False, "why": f"no raft leader known (role {status.get('role')})"}, 503)
-        store = await self.link.call("list_queues", {})
-        if "ok" not in store:
+        store = await self.link.call("list_queues", {}, token=bearer(request))
+        code = (store.get("err") or {}).get("code")
+        if "ok" not in store and code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             return json_response({"ready": False, "why": (store.get("err") or {}).get("message")}, 503)
-        return json_response({"ready": True, "role": status["role"], "leader": status["leader"]})
+        return json_response({"ready": True, "role": status["role"]})
 
     async def not_found(self, request: Request) -> Response:
         return json_response({"error": {"code": "NOT_FOUND", "reason": None, "field": None,

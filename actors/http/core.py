@@ -41,6 +41,8 @@ STATUS = {
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
     "INTERNAL": 500,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
 }
 
 
@@ -375,7 +377,8 @@ ERROR_SCHEMA = {
 def _responses(op: opsdef.Op) -> dict:
     ok = {"type": "object", "properties": {name: {} for name in op.ok}}
     out = {"200": {"description": "The op's `ok` map.", "content": {"application/json": {"schema": ok}}}}
-    for status, what in ((400, "INVALID_ARGUMENT"), (404, "NOT_FOUND"), (409, "FAILED_PRECONDITION or ALREADY_EXISTS"),
+    for status, what in ((400, "INVALID_ARGUMENT"), (401, "UNAUTHENTICATED (with --auth)"),
+                         (403, "PERMISSION_DENIED (with --auth)"), (404, "NOT_FOUND"), (409, "FAILED_PRECONDITION or ALREADY_EXISTS"),
                          (429, "RESOURCE_EXHAUSTED (Retry-After set)"), (503, "UNAVAILABLE (Retry-After set)"),
                          (500, "INTERNAL")):
         out[str(status)] = {"description": what,

@@ -56,10 +56,13 @@ class GatewayLink:
         wait = args.get("wait_ms") if isinstance(args, dict) else None
         return base + (wait / 1000.0 if isinstance(wait, int) and wait > 0 else 0.0) + SLACK_S
 
-    async def call(self, op: str, args: dict, client: str = "http") -> dict:
+    async def call(self, op: str, args: dict, client: str = "http", token: str | None = None) -> dict:
         """The raw reply map: {"ok": ...} or {"err": {...}}."""
         req_id = next(self.ids)
-        frame = codec.encode({"id": req_id, "op": op, "args": args, "client": client})
+        msg = {"id": req_id, "op": op, "args": args, "client": client}
+        if token:
+            msg["token"] = token
+        frame = codec.encode(msg)
         fut = asyncio.get_running_loop().create_future()
         self.waiting[req_id] = fut
         await self.sock.send(frame)
@@ -72,9 +75,9 @@ class GatewayLink:
         finally:
             self.waiting.pop(req_id, None)
 
-    async def ok(self, op: str, args: dict | None = None, client: str = "http"):
+    async def ok(self, op: str, args: dict | None = None, client: str = "http", token: str | None = None):
         """The `ok` map, or None when the op was refused (for pages that show what they can)."""
-        reply = await self.call(op, args or {}, client)
+        reply = await self.call(op, args or {}, client, token)
         return reply.get("ok")
 
     def close(self):

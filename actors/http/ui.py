@@ -77,6 +77,19 @@ def money(value) -> str:
     return "-" if value is None else charts.fmt(float(value), "usd")
 
 
+TOKEN_COOKIE = "jobbie_token"
+
+
+class NeedsLogin(Exception):
+    """The node runs with --auth and the browser has no token it takes."""
+
+
+def token_of(request: Request) -> str | None:
+    """The API token of this browser (cookie set by /ui/login), or of an `Authorization: Bearer` header."""
+    from .api import bearer
+    return request.cookies.get(TOKEN_COOKIE) or bearer(request)
+
+
 class Rates:
     """Answers per second of this node's gateway, from cluster_status samples taken every few seconds."""
 
@@ -127,7 +140,8 @@ class Ui:
         html = self.env.get_template(template).render(
             csrf=token, notice=params.get("notice"), error=params.get("error"), version=self.version,
             path=request.url.path, here=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
-            now_ms=int(time.time() * 1000), states=STATE_NAMES, **context)
+            now_ms=int(time.time() * 1000), states=STATE_NAMES, signed_in=bool(request.cookies.get(TOKEN_COOKIE)),
+            **context)
         response = HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                                "Content-Security-Policy": "default-src 'self'; style-src 'self'; "
                                                "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'"})
@@ -135,10 +149,14 @@ class Ui:
             response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict", path="/")
         return response
 
-    async def get(self, op: str, args: dict | None = None):
-        """(ok map, None) or (None, err map)."""
-        reply = await self.link.call(op, args or {}, "ui")
-        return reply.get("ok"), reply.get("err")
+    async def get(self, request: Request, op: str, args: dict | None = None):
+        """(ok map, None) or (None, err map). A node with --auth that refuses the browser's token (or its
+        lack of one) raises NeedsLogin: the page sends the browser to /ui/login."""
+        reply = await self.link.call(op, args or {}, "ui", token_of(request))
+        err = reply.get("err")
+        if err and err.get("code") == "UNAUTHENTICATED":
+            raise NeedsLogin(err.get("message", ""))
+        return reply.get("ok"), err
 
     def failed(self, request: Request, title: str, err: dict, status: int = 502) -> Response:
         code = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400}.get(err.get("code"), status)
@@ -148,11 +166,11 @@ class Ui:
 
     # ------------------------------------------------------------------- pages
     async def dashboard(self, request: Request) -> Response:
-        status, err = await self.get("cluster_status")
+        status, err = await self.get(request, "cluster_status")
         if status is None:
             return self.failed(request, "The gateway does not answer", err or {}, 503)
         self.rates.add(time.monotonic(), status)
-        queues, _ = await self.get("list_queues")
+        queues, _ = await self.get(request, "list_queues")
         return self.render(request, "dashboard.html", title="Dashboard", status=status,
                            queues=(queues or {}).get("queues", []), rates=self.rates.per_second())
 
@@ -161,27 +179,27 @@ class Ui:
         state = request.query_params.get("state", "pending")
         if state not in STATE_NAMES:
             state = "pending"
-        queues, err = await self.get("list_queues")
+        queues, err = await self.get(request, "list_queues")
         if queues is None:
             return self.failed(request, "The gateway does not answer", err or {}, 503)
         row = next((q for q in queues["queues"] if q["name"] == name), None)
         if row is None:
             return self.failed(request, f"No queue {name}", {"code": "NOT_FOUND", "message":
                                f"queue {name!r} has never had a job"}, 404)
-        found, search_err = await self.get("search_jobs", {"queue": name, "state": [state], "limit": 50})
+        found, search_err = await self.get(request, "search_jobs", {"queue": name, "state": [state], "limit": 50})
         return self.render(request, "queue.html", title=f"Queue {name}", q=row, state=state,
                            jobs=(found or {}).get("jobs", []), total=(found or {}).get("total"),
                            search_error=search_err)
 
     async def job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        job, err = await self.get("get_job", {"job_id": job_id})
+        job, err = await self.get(request, "get_job", {"job_id": job_id})
         if job is None:
             return self.failed(request, f"Job {job_id}", err or {})
         job = job["job"] if "job" in job and isinstance(job.get("job"), dict) else job
         iterations = None
         if job.get("agent"):
-            found, _ = await self.get("list_iterations", {"job_id": job_id, "limit": 200})
+            found, _ = await self.get(request, "list_iterations", {"job_id": job_id, "limit": 200})
             iterations = (found or {}).get("iterations")
         return self.render(request, "job.html", title=f"Job {job_id}", job=job, iterations=iterations)
 
@@ -195,7 +213,7 @@ class Ui:
             try:
                 args = args_from_query("search_jobs", params)
                 args.setdefault("limit", 50)
-                result, err = await self.get("search_jobs", args)
+                result, err = await self.get(request, "search_jobs", args)
             except Exception as exc:  # InvalidArgument from the query reader
                 err = exc.to_wire() if hasattr(exc, "to_wire") else {"message": str(exc)}
         return self.render(request, "search.html", title="Search", fields=SEARCH_FIELDS, form=form,
@@ -207,7 +225,7 @@ class Ui:
         args = {"limit": 200}
         if request.query_params.get("queue"):
             args["queue"] = request.query_params["queue"]
-        found, err = await self.get("list_held", args)
+        found, err = await self.get(request, "list_held", args)
         if found is None:
             return self.failed(request, "Held jobs", err or {})
         return self.render(request, "held.html", title="Held jobs", jobs=found["jobs"], has_more=found["has_more"])
@@ -219,10 +237,10 @@ class Ui:
         except ValueError:
             days = 14
         since = now_ms - days * 86_400_000
-        by_day, err = await self.get("usage_summary", {"since": since, "group_by": ["day"]})
-        by_queue, _ = await self.get("usage_summary", {"since": since, "group_by": ["queue"], "limit": 20})
-        by_model, _ = await self.get("usage_summary", {"since": since, "group_by": ["model"], "limit": 20})
-        budgets, budget_err = await self.get("list_budgets")
+        by_day, err = await self.get(request, "usage_summary", {"since": since, "group_by": ["day"]})
+        by_queue, _ = await self.get(request, "usage_summary", {"since": since, "group_by": ["queue"], "limit": 20})
+        by_model, _ = await self.get(request, "usage_summary", {"since": since, "group_by": ["model"], "limit": 20})
+        budgets, budget_err = await self.get(request, "list_budgets")
         day_items = []
         if by_day:
             spent = {g["key"]["day"]: g["cost_usd"] for g in by_day["groups"]}
@@ -276,7 +294,7 @@ class Ui:
             op, args, done = self.action(action, one, form)
         except ValueError as exc:
             return self.redirect(back, error=str(exc))
-        reply = await self.link.call(op, args, "ui")
+        reply = await self.link.call(op, args, "ui", token_of(request))
         if "err" in reply:
             err = reply["err"]
             field = f" ({err['field']})" if err.get("field") else ""
@@ -292,7 +310,6 @@ class Ui:
         return self.redirect(back, notice=done)
 
     def redirect(self, back: str, **message) -> Response:
-        sep = "&" if "?" in back else "?"
         clean = urllib.parse.urlsplit(back)
         kept = [(k, v) for k, v in urllib.parse.parse_qsl(clean.query) if k not in ("notice", "error")]
         query = urllib.parse.urlencode(kept + list(message.items()))
@@ -346,15 +363,54 @@ class Ui:
             return "bulk", args, f"{verb} started"
         raise ValueError(f"unknown action {action!r}")
 
+    async def login(self, request: Request) -> Response:
+        """GET: the form. POST: keep the token in an HttpOnly cookie, if the node takes it."""
+        if request.method == "GET":
+            return self.render(request, "login.html", title="Sign in", next=request.query_params.get("next", "/"))
+        body = await read_body(request)
+        form = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        why = self.allowed(request, form)
+        if why:
+            return Response(f"refused: {why}\n", status_code=403, media_type="text/plain")
+        back = form.get("next") or "/"
+        if not back.startswith("/") or back.startswith("//"):
+            back = "/"
+        token = form.get("token", "").strip()
+        reply = await self.link.call("list_queues", {}, "ui", token)
+        err = reply.get("err") or {}
+        if err.get("code") == "UNAUTHENTICATED":
+            return self.redirect("/ui/login", error=err.get("message", "the token was refused"), next=back)
+        response = RedirectResponse(back, status_code=303)
+        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(TOKEN_COOKIE, path="/")
+        return response
+
+    def guarded(self, page):
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await page(request)
+            except NeedsLogin:
+                target = urllib.parse.urlencode({"next": str(request.url.path)})
+                return RedirectResponse(f"/ui/login?{target}", status_code=303)
+        endpoint.__name__ = page.__name__
+        return endpoint
+
     def routes(self) -> list:
+        g = self.guarded
         return [
-            Route("/", self.dashboard, methods=["GET"]),
-            Route("/ui/queues/{queue}", self.queue, methods=["GET"]),
-            Route("/ui/jobs/{job_id}", self.job, methods=["GET"]),
-            Route("/ui/search", self.search, methods=["GET"]),
-            Route("/ui/held", self.held, methods=["GET"]),
-            Route("/ui/usage", self.usage, methods=["GET"]),
-            Route("/ui/do", self.do, methods=["POST"]),
+            Route("/", g(self.dashboard), methods=["GET"]),
+            Route("/ui/queues/{queue}", g(self.queue), methods=["GET"]),
+            Route("/ui/jobs/{job_id}", g(self.job), methods=["GET"]),
+            Route("/ui/search", g(self.search), methods=["GET"]),
+            Route("/ui/held", g(self.held), methods=["GET"]),
+            Route("/ui/usage", g(self.usage), methods=["GET"]),
+            Route("/ui/do", g(self.do), methods=["POST"]),
+            Route("/ui/login", self.login, methods=["GET", "POST"]),
+            Route("/ui/logout", self.logout, methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
         ]
 

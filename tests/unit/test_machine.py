@@ -41,8 +41,9 @@ def test_every_handler_has_tests_below():
     # The ops this file covers; a new handler must get tests (and be added here).
     # Given the handler table / Then it holds exactly the ops this file tests, plus the queue
     # management and schedule ops that test_management.py covers, the price ops of test_usage.py
-        # the budget and approval ops of test_budgets.py and replay_job of test_agents.py
-    managed = {"replay_job", "set_budget", "delete_budget", "approve_job", "reject_job", "set_price", "delete_price", "move_job", "set_priority", "clear_queue", "drain_queue", "delete_queue", "set_concurrency",
+        # the budget and approval ops of test_budgets.py, replay_job of test_agents.py and the token ops
+        # of test_auth.py
+    managed = {"create_token", "revoke_token", "replay_job", "set_budget", "delete_budget", "approve_job", "reject_job", "set_price", "delete_price", "move_job", "set_priority", "clear_queue", "drain_queue", "delete_queue", "set_concurrency",
                "set_throttle", "remove_throttle", "create_schedule", "delete_schedule"}
     assert set(HANDLERS) - managed == {"enqueue", "enqueue_batch", "fetch", "ack", "fail", "heartbeat", "cancel_job",
                              "retry_job", "delete_job", "pause_queue", "resume_queue", "tick"}

@@ -70,6 +70,10 @@ VALID = {
     "list_audit": {},
     "replay_job": {"job_id": "job_1", "from_iteration": 2},
     "list_iterations": {"job_id": "job_1"},
+    "create_token": {"name": "ci", "role": "worker"},
+    "list_tokens": {},
+    "revoke_token": {"token": "ci"},
+    "health": {},
     "get_iteration": {"job_id": "job_1", "n": 1},
 }
 

@@ -14,7 +14,7 @@ from jobbie.transport import errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ERROR_CLASSES = {"JobbieError", "InvalidArgument", "NotFound", "FailedPrecondition", "AlreadyExists",
-                 "ResourceExhausted", "Unavailable", "Internal"}
+                 "ResourceExhausted", "Unavailable", "Internal", "Unauthenticated", "PermissionDenied"}
 #: Where the reason sits among the positional arguments of each maker of errors.
 POSITION = {"error_result": 3, "_bad": 2, **{name: 2 for name in ERROR_CLASSES}}
 
