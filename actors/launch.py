@@ -33,6 +33,8 @@ def main(argv=None):
     _die_with_parent()
     parent = os.getppid()
     config = NodeConfig.load(config_path)
+    # The raft password is not in the config file: the supervisor hands it to the raft actor alone.
+    config.raft_password = os.environ.pop("JOBBIE_ACTOR_RAFT_PASSWORD", "")
     try:
         import setproctitle
         setproctitle.setproctitle(f"jobbie-{name} [{config.node_id}]")

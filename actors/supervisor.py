@@ -47,6 +47,8 @@ EXIT_GAVE_UP = 3
 #: An actor exiting with this code cannot start at all (e.g. an unrecoverable data dir): no restart.
 EXIT_CANNOT_START = 78
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+#: How the supervisor hands the raft actor its password (the environment of one process, not a file).
+RAFT_PASSWORD_ENV = "JOBBIE_ACTOR_RAFT_PASSWORD"
 #: In the data dir once the first admin token of an --auth node was shown (it holds no secret).
 AUTH_MARKER = "auth-bootstrap"
 
@@ -195,6 +197,8 @@ class Supervisor:
         self.temporary_run_dir = False
         #: With --auth on a first start: the first admin token, printed once it works.
         self.first_token = None
+        #: The raft password (given, or made up for a single node); set by prepare().
+        self.raft_password = ""
 
     # ----------------------------------------------------------------- set-up
     def prepare(self):
@@ -260,9 +264,14 @@ class Supervisor:
             cfg.run_dir = pick_run_dir(cfg.data_dir)
             self.temporary_run_dir = not cfg.run_dir.startswith(os.path.abspath(cfg.data_dir) + os.sep)
         os.makedirs(cfg.run_dir, mode=0o700, exist_ok=True)
-        os.chmod(cfg.run_dir, 0o700)  # the node config in it may hold the raft password
+        os.chmod(cfg.run_dir, 0o700)  # sockets and the node config: the owner's only
         os.makedirs(cfg.log_dir, exist_ok=True)
         self.prepare_auth()
+        # The raft password reaches the raft actor in its environment, never in a file. A single node
+        # gets a fresh random one: it has no peers to share it with, and its raft port (loopback) then
+        # drops whatever a local process sends it unauthenticated (pysyncobj unpickles raft messages).
+        self.raft_password = cfg.raft_password or ("" if cfg.peers else secrets.token_urlsafe(24))
+        cfg.raft_password = ""
         self.config_path = os.path.join(cfg.run_dir, "node.msgpack")
         cfg.save(self.config_path)
 
@@ -336,10 +345,14 @@ class Supervisor:
     # -------------------------------------------------------------- processes
     def spawn(self, child: Child):
         log_path = os.path.join(self.config.log_dir, f"{child.name}.log")
+        env = dict(os.environ)
+        env.pop(RAFT_PASSWORD_ENV, None)
+        if child.name == "raft" and self.raft_password:
+            env[RAFT_PASSWORD_ENV] = self.raft_password
         with open(log_path, "ab") as logf:
             child.proc = subprocess.Popen(
                 [sys.executable, "-m", "jobbie.actors.launch", child.name, self.config_path],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, close_fds=True,
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, close_fds=True, env=env,
                 # Own session: a terminal's Ctrl-C or a killpg reaches the supervisor
                 # alone, which then stops the actors in order. PR_SET_PDEATHSIG
                 # (actors/launch.py) takes them down if the supervisor is killed.

@@ -60,6 +60,7 @@ def _run_driver(endpoint, clients, workload, duration_s, start_at, out):
     timers: list = []  # (send at, client, op, args)
 
     client_key = getattr(workload, "client_key", None)
+    token = os.environ.get("JOBBIE_TOKEN")  # a node started with --auth (bench --auth true)
 
     def send(i, op, args):
         nonlocal seq
@@ -68,6 +69,8 @@ def _run_driver(endpoint, clients, workload, duration_s, start_at, out):
         msg = {"id": seq, "op": op, "args": args}
         if client_key:
             msg["client"] = client_key
+        if token:
+            msg["token"] = token
         socks[i].send(pack(msg))
 
     while time.time() < start_at:

@@ -109,7 +109,8 @@ def set_budgets(endpoint: str):
 class Bench:
     def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress,
                  mirror: bool = True, usage: bool = False, budgets: bool = False, agent: bool = False,
-                 http: bool = False):
+                 http: bool = False, auth: bool = False):
+        self.auth = auth
         self.http = http
         self.usage = usage
         self.budgets = budgets
@@ -134,11 +135,11 @@ class Bench:
                 def __exit__(s, *exc):
                     return None
             return External()
-        return jobbie_node(durable=self.durable, mirror=self.mirror, http=self.http or http)
+        return jobbie_node(durable=self.durable, mirror=self.mirror, http=self.http or http, auth=self.auth)
 
     def record(self, scenario: str, concurrency: int, repeat: int, result: dict, **extra):
         rec = {"scenario": scenario, "concurrency": concurrency, "repeat": repeat, **result, **extra,
-               "durable": self.durable, "mirror": self.mirror, "http": self.http, "usage": self.usage, "budgets": self.budgets, "agent": self.agent, "duration_s": self.duration, **self.meta,
+               "durable": self.durable, "mirror": self.mirror, "http": self.http, "auth": self.auth, "usage": self.usage, "budgets": self.budgets, "agent": self.agent, "duration_s": self.duration, **self.meta,
                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.records.append(rec)
         errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
@@ -216,10 +217,12 @@ def medians(records: list[dict]) -> list[dict]:
         # The ceiling does not depend on the node's mirror.
         mirror = None if r["scenario"] == "ceiling" else r.get("mirror")
         http = None if r["scenario"] == "ceiling" else bool(r.get("http"))
-        groups.setdefault((r["scenario"], r["concurrency"], mirror, http), []).append(r)
+        auth = None if r["scenario"] == "ceiling" else bool(r.get("auth"))
+        groups.setdefault((r["scenario"], r["concurrency"], mirror, http, auth), []).append(r)
     out = []
-    for (scenario, concurrency, mirror, http), rs in groups.items():
-        row = {"scenario": scenario, "concurrency": concurrency, "mirror": mirror, "http": http, "runs": len(rs)}
+    for (scenario, concurrency, mirror, http, auth), rs in groups.items():
+        row = {"scenario": scenario, "concurrency": concurrency, "mirror": mirror, "http": http, "auth": auth,
+               "runs": len(rs)}
         for key in ("ops_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "ratio_to_ceiling", "p99_ratio_to_alone",
                     "server_cpu_us_per_op", "csw_per_op", "icsw_per_op"):
             values = [r[key] for r in rs if r.get(key) is not None]
@@ -285,7 +288,8 @@ def markdown(rows: list[dict]) -> str:
         if r.get("p99_ratio_to_alone"):
             ratio = f"p99 {r['p99_ratio_to_alone']:.2f}× alone"
         label = r["scenario"] + (", mirror off" if r.get("mirror") is False else "") + \
-            (", http actor on" if r.get("http") and r["scenario"] != "http-unary" else "")
+            (", http actor on" if r.get("http") and r["scenario"] != "http-unary" else "") + \
+            (", auth on" if r.get("auth") else "")
         cpu = f"{r['server_cpu_us_per_op']:.0f}" if r.get("server_cpu_us_per_op") is not None else ""
         csw = (f"{r['csw_per_op']:.2f} + {r['icsw_per_op']:.2f}" if r.get("csw_per_op") is not None else "")
         lines.append(f"| {label} | {r['concurrency']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.2f} | "
@@ -297,7 +301,7 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
          repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
          server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
          markdown_out: str | None = None, mirror: bool | str = True, usage: bool = False,
-         budgets: bool = False, agent: bool = False, http: bool | str = False):
+         budgets: bool = False, agent: bool = False, http: bool | str = False, auth: bool | str = False):
     """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
 
     Args:
@@ -314,6 +318,8 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
         cost, measured so that the machine's drift hits both sides alike.
       http: Start the node with its http actor (idle unless the scenario is http-unary). "both": every
         run twice, http actor on and off, alternating, and an on/off line per scenario.
+      auth: Start the node with --auth and send its first admin token with every request. "both": every
+        run twice, auth on and off, alternating, and an on/off line per scenario.
       usage: Every ack of the lifecycle scenario carries a usage map (tokens, model, cost), so runs with
         and without it show what usage accounting costs.
       budgets: Set two budgets that match every job (and never run out) before each run, so runs with and
@@ -333,15 +339,17 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
                          f"pick from {', '.join(SCENARIOS)}")
     levels = [int(c) for c in str(concurrency).split(",") if str(c).strip()]
     quiet = output == "json"
-    if mirror == "both" and http == "both":
-        raise SystemExit("jobbie bench: compare one actor at a time: --mirror both or --http both, not both")
-    toggle = "http" if http == "both" else "mirror"
-    modes = [True, False] if "both" in (mirror, http) else [bool(mirror if toggle == "mirror" else http)]
+    if [mirror, http, auth].count("both") > 1:
+        raise SystemExit("jobbie bench: compare one thing at a time: --mirror, --http or --auth both, not two")
+    toggle = "http" if http == "both" else "auth" if auth == "both" else "mirror"
+    settings = {"mirror": mirror, "http": http, "auth": auth}
+    modes = [True, False] if "both" in settings.values() else [bool(settings[toggle])]
     bench = Bench(float(duration), int(repeats), bool(durable), server,
                   progress=(lambda line: print(line, file=sys.stderr, flush=True)),
                   mirror=modes[0] if toggle == "mirror" else bool(mirror),
                   usage=bool(usage), budgets=bool(budgets), agent=bool(agent),
-                  http=modes[0] if toggle == "http" else bool(http))
+                  http=modes[0] if toggle == "http" else bool(http),
+                  auth=modes[0] if toggle == "auth" else bool(auth))
     total = len(levels) * int(repeats)
     for repeat in range(int(repeats)):
         for c in levels:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,8 +47,11 @@ class Spawned:
         self.stop()
 
 
-def jobbie_node(durable: bool = False, mirror: bool = True, timeout: float = 30.0, http: bool = False) -> Spawned:
-    """A fresh node; with `http` its http actor listens on a free port (`node.http_url`)."""
+def jobbie_node(durable: bool = False, mirror: bool = True, timeout: float = 30.0, http: bool = False,
+                auth: bool = False) -> Spawned:
+    """A fresh node; with `http` its http actor listens on a free port (`node.http_url`); with `auth`
+    it runs with --auth, and its first admin token is put in JOBBIE_TOKEN of this process (which the
+    bench's clients and driver processes read)."""
     data_dir = tempfile.mkdtemp(prefix="jobbie-bench-")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     http_port = free_port() if http else None
@@ -58,7 +62,21 @@ def jobbie_node(durable: bool = False, mirror: bool = True, timeout: float = 30.
         argv.append("--durable")
     if not mirror:
         argv.append("--mirror=false")
+    if auth:
+        argv.append("--auth")
+    os.environ.pop("JOBBIE_TOKEN", None)
     node = Spawned(argv, endpoint, cleanup_dir=data_dir)
+    if auth:
+        deadline = time.monotonic() + timeout
+        while "JOBBIE_TOKEN" not in os.environ:
+            found = re.findall(r"^\s+(tok_\S+\.\S+)\s*$", node.output(), re.M)
+            if found:
+                os.environ["JOBBIE_TOKEN"] = found[-1]
+            elif time.monotonic() > deadline or node.proc.poll() is not None:
+                node.stop()
+                raise RuntimeError(f"the --auth node printed no first token: {node.output()}")
+            else:
+                time.sleep(0.05)
     node.http_url = f"http://127.0.0.1:{http_port}" if http else None
     wait_ready(node, timeout)
     return node
