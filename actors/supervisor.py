@@ -158,6 +158,36 @@ class Child:
                 "restarts": self.restarts, "alive": self.alive}
 
 
+#: The open-file limit the supervisor raises its own (and so its actors') soft limit to, at most.
+OPEN_FILES_WANTED = 65_536
+#: Below this many open files, a warning: each client connection of the gateway takes one.
+OPEN_FILES_WARN = 4096
+
+
+def check_limits():
+    """Raise the soft open-file limit as far as the hard one lets (the actors inherit it), and say so
+    when it stays low; refuse an address-space limit that LMDB's map cannot fit in."""
+    import resource
+    from jobbie.storage.env import MAP_SIZE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES_WARN:
+        print(f"jobbie: WARNING: open files are limited to {soft} (ulimit -n, hard limit {hard}); each client "
+              f"connection takes one, so past about {max(0, soft - 200)} connections new ones wait; raise the hard "
+              "limit (e.g. LimitNOFILE=65536 in the systemd unit)", file=sys.stderr, flush=True)
+    space = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if space != resource.RLIM_INFINITY and space < MAP_SIZE + 8 * 1024**3:
+        raise StartupError(f"the address space is limited to {space / 1024**3:.0f} GiB (ulimit -v); the store maps "
+                           f"{MAP_SIZE // 1024**3} GiB of it (sparse: that much is reserved, not used), and each "
+                           "actor needs some more: raise it (ulimit -v unlimited)")
+
+
 def last_error_line(path: str, tail_bytes: int = 64 * 1024) -> str | None:
     """The last error an actor logged: the final line of its last traceback, else its last ERROR or
     CRITICAL log line (from the end of its log file), shortened to one line."""
@@ -203,6 +233,7 @@ class Supervisor:
     # ----------------------------------------------------------------- set-up
     def prepare(self):
         cfg = self.config
+        check_limits()
         try:
             os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
             # The data dir holds every job's payload and the raft log: the owner's only.

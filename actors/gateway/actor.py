@@ -92,7 +92,10 @@ class GatewayActor(PumpActor):
 
     def open_sockets(self, ctx):
         cfg = self.config
-        clients = socket(ctx, zmq.ROUTER, maxmsgsize=FRAME_CUT_BYTES)
+        # Replies waiting for a client that does not read are capped per connection at what admission lets
+        # one client have in flight (past that, ZeroMQ drops them and the client's requests time out),
+        # so a pipeline nobody reads cannot grow the gateway's memory without bound.
+        clients = socket(ctx, zmq.ROUTER, maxmsgsize=FRAME_CUT_BYTES, hwm=max(1000, cfg.inflight_per_client_max))
         clients.setsockopt(zmq.ROUTER_HANDOVER, 1)
         clients.bind(cfg.bind)
         log.info("gateway %s serving %s", cfg.node_id, cfg.bind)

@@ -38,6 +38,41 @@ from .snapshots import Snapshotter
 
 log = logging.getLogger("jobbie.raft")
 
+
+class ResendFilter(logging.Filter):
+    """pysyncobj logs CRITICAL "state machine may have diverged" whenever a leader's resend makes a
+    follower truncate entries it had applied, even when the resent entries are the same ones (the
+    common case: an acknowledgement was slow). jobbie's apply skips every index at or below the one it
+    stored, so the state machine is unchanged; a real divergence shows as different digests
+    (`jobbie digest`). The message becomes a WARNING, at most once a minute, saying so."""
+
+    def __init__(self, every_s: float = 60.0, clock=time.monotonic):
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock
+        self.last = None
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "state machine may have diverged" not in record.getMessage():
+            return True
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every_s:
+            self.dropped += 1
+            return False
+        self.last = now
+        original = record.getMessage().replace("%", "%%")
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = ("raft re-received entries it had applied (%s more since the last note); jobbie skips indexes "
+                      "it applied, so this is a resend, not a divergence unless `jobbie digest` differs between "
+                      f"nodes: {original}")
+        record.args = (self.dropped,)
+        self.dropped = 0
+        return True
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(ResendFilter())
+
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 EXIT_STORAGE_FAULT = 70
 EXIT_CANNOT_START = 78

@@ -42,3 +42,24 @@ def test_last_error_line_takes_a_tracebacks_last_line_or_the_last_error_record(t
     log.write_text("all fine\n")
     assert last_error_line(str(log)) is None
     assert last_error_line(str(tmp_path / "missing.log")) is None
+
+
+def test_pysyncobjs_resend_alarm_becomes_one_warning_a_minute():
+    import logging
+    from jobbie.actors.raft.actor import ResendFilter
+    clock = [100.0]
+    f = ResendFilter(every_s=60.0, clock=lambda: clock[0])
+
+    def record(msg, *args):
+        return logging.LogRecord("pysyncobj.syncobj", logging.CRITICAL, "x", 1, msg, args, None)
+    alarm = ("truncating already-applied log entries from index %d (last applied: %d) - state machine may have "
+             "diverged from other cluster members")
+    first = record(alarm, 5, 7)
+    assert f.filter(first) and first.levelname == "WARNING" and "not a divergence" in first.getMessage()
+    assert "index 5 (last applied: 7)" in first.getMessage()
+    assert not f.filter(record(alarm, 6, 8)) and not f.filter(record(alarm, 7, 9))
+    clock[0] += 61
+    later = record(alarm, 8, 10)
+    assert f.filter(later) and "(2 more since the last note)" in later.getMessage()
+    other = record("something else %s", "x")
+    assert f.filter(other) and other.levelname == "CRITICAL"
