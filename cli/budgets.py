@@ -29,13 +29,8 @@ def _money(x):
 
 
 def _age(ms, now_ms):
-    if not ms:
-        return "-"
-    s = max(0, (now_ms - ms) // 1000)
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    """How long ago `ms` was, without the word (the held table's AGE column)."""
+    return render.ago(ms, now_ms).removesuffix(" ago") if ms else "-"
 
 
 def budget_line(b) -> str:

@@ -3,12 +3,34 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
+
+
+def when(ms) -> str:
+    """The one way the CLI writes a time: ISO 8601, UTC, to the second."""
+    if not ms:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ago(ms, now_ms: float | None = None) -> str:
+    """A time relative to now, for tables: `42s ago`, `3h ago`, `in 5m`."""
+    if not ms:
+        return "-"
+    delta = ((time.time() * 1000 if now_ms is None else now_ms) - ms) / 1000
+    seconds = abs(delta)
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or unit == "s":
+            text = f"{int(seconds // size)}{unit}"
+            break
+    return f"in {text}" if delta < 0 else f"{text} ago"
 
 
 def _time(ms):
+    """A time in a record view: absolute, then relative (`2026-12-04T19:14:00Z (5m ago)`)."""
     if not ms:
         return "-"
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return f"{when(ms)} ({ago(ms)})"
 
 
 def table(rows: list[list], headers: list[str]) -> str:
@@ -118,10 +140,8 @@ def cluster(s):
 # ------------------------------------------------------------------ queue management (cli/manage.py)
 
 def _stamp(ms):
-    """A time for a table cell: ISO 8601 UTC without spaces."""
-    if not ms:
-        return "-"
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A time for a table cell: relative to now."""
+    return ago(ms)
 
 
 def _limit(n):
@@ -191,7 +211,7 @@ def schedule_created(r):
 
 def search_page(page, header: bool = True) -> str:
     """One page of search_jobs as an aligned table (the header only on the first page)."""
-    rows = [[j["id"], j["queue"], j["state"], j.get("priority", "-"), j.get("attempt", 0), _time(j.get("created_at")),
+    rows = [[j["id"], j["queue"], j["state"], j.get("priority", "-"), j.get("attempt", 0), ago(j.get("created_at")),
              _error_line(j.get("last_error"))] for j in page["jobs"]]
     if not rows:
         return "no matching jobs"

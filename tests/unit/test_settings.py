@@ -78,3 +78,13 @@ def test_every_flag_of_every_command_has_a_help_line():
         params = [n for n, p in inspect.signature(func).parameters.items()
                   if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         assert set(params) <= _described(func.__doc__ or ""), func.__qualname__
+
+
+def test_times_are_written_one_way_and_tables_show_ages():
+    from jobbie.cli import render
+    now = 1_796_400_000_000
+    assert render.when(now) == "2026-12-04T16:00:00Z"
+    assert render.ago(now - 42_000, now) == "42s ago" and render.ago(now - 3 * 3600_000, now) == "3h ago"
+    assert render.ago(now + 300_000, now) == "in 5m" and render.ago(now, now) == "0s ago"
+    assert render.ago(None) == "-" and render.when(0) == "-"
+    assert render._time(now).startswith("2026-12-04T16:00:00Z (")
