@@ -130,6 +130,30 @@ def _run_driver(endpoint, clients, workload, duration_s, start_at, out):
     ctx.term()
 
 
+def collect(out, n: int, procs: list, deadline: float, duration_s: float) -> dict:
+    """The `n` driver results waiting in `out`, merged (latencies sorted, errors summed by code)."""
+    results = []
+    while len(results) < n:
+        try:
+            results.append(out.get(timeout=0.5))
+        except queue.Empty:
+            if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise RuntimeError("a benchmark driver process failed; see its traceback above")
+    latencies = array("d")
+    errors: dict[str, int] = {}
+    for r in results:
+        chunk = array("d")
+        chunk.frombytes(r["latencies"])
+        latencies.extend(chunk)
+        for code, count in r["errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    return {"latencies": sorted(latencies), "errors": errors, "units": sum(r["units"] for r in results),
+            "requests": sum(r["requests"] for r in results), "hung": sum(r["hung"] for r in results),
+            "duration_s": duration_s}
+
+
 def run(endpoint: str, workload: Workload, concurrency: int, duration_s: float, processes: int | None = None):
     """Drive `concurrency` clients for `duration_s`; returns merged raw results."""
     return run_groups(endpoint, [(workload, concurrency)], duration_s, processes)[0]
@@ -150,29 +174,8 @@ def run_groups(endpoint: str, groups: list, duration_s: float, processes: int | 
         out_queues.append((out, len(members)))
     for p in procs:
         p.start()
-    merged = []
     deadline = time.monotonic() + duration_s + DRAIN_S + 60
-    for out, n in out_queues:
-        results = []
-        while len(results) < n:
-            try:
-                results.append(out.get(timeout=0.5))
-            except queue.Empty:
-                if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
-                    for p in procs:
-                        p.kill()
-                    raise RuntimeError("a benchmark driver process failed; see its traceback above")
-        latencies = array("d")
-        errors: dict[str, int] = {}
-        for r in results:
-            chunk = array("d")
-            chunk.frombytes(r["latencies"])
-            latencies.extend(chunk)
-            for code, count in r["errors"].items():
-                errors[code] = errors.get(code, 0) + count
-        merged.append({"latencies": sorted(latencies), "errors": errors, "units": sum(r["units"] for r in results),
-                       "requests": sum(r["requests"] for r in results), "hung": sum(r["hung"] for r in results),
-                       "duration_s": duration_s})
+    merged = [collect(out, n, procs, deadline, duration_s) for out, n in out_queues]
     for p in procs:
         p.join(timeout=10)
         if p.is_alive():

@@ -10,12 +10,11 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import queue
 import time
 import urllib.parse
 from array import array
 
-from .driver import DRAIN_S
+from .driver import DRAIN_S, collect
 from .scenarios import QUEUE, _payload
 
 
@@ -90,26 +89,7 @@ def run_http(url: str, concurrency: int, duration_s: float, payload_bytes: int =
              for n in share if n]
     for p in procs:
         p.start()
-    results = []
-    deadline = time.monotonic() + duration_s + DRAIN_S + 60
-    while len(results) < len(procs):
-        try:
-            results.append(out.get(timeout=0.5))
-        except queue.Empty:
-            if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
-                for p in procs:
-                    p.kill()
-                raise RuntimeError("an HTTP benchmark driver process failed; see its traceback above")
+    result = collect(out, len(procs), procs, time.monotonic() + duration_s + DRAIN_S + 60, duration_s)
     for p in procs:
         p.join(timeout=10)
-    latencies = array("d")
-    errors: dict[str, int] = {}
-    for r in results:
-        chunk = array("d")
-        chunk.frombytes(r["latencies"])
-        latencies.extend(chunk)
-        for code, n in r["errors"].items():
-            errors[code] = errors.get(code, 0) + n
-    return {"latencies": sorted(latencies), "errors": errors, "units": sum(r["units"] for r in results),
-            "requests": sum(r["requests"] for r in results), "hung": sum(r["hung"] for r in results),
-            "duration_s": duration_s}
+    return result

@@ -27,8 +27,7 @@ import zmq
 import zmq.asyncio
 
 from . import codec
-from .client import LOCAL_CHECK_BYTES, _NO_AUTO_REQUEST_ID, _refuse_oversized, check_endpoints, retry_pause, \
-    server_endpoint, unreachable
+from .client import _NO_AUTO_REQUEST_ID, check_endpoints, request_frame, retry_pause, server_endpoint, unreachable
 from .errors import Unavailable
 from .methods import SLEEP, Methods
 from .ops import OPS
@@ -101,14 +100,7 @@ class AsyncClient(Methods):
         """Send one request now; the future resolves to the raw reply map ({"id", "ok"|"err"})."""
         self._open()
         req_id = next(self._ids)
-        msg = {"id": req_id, "op": op, "args": args or {}}
-        if self.client_key:
-            msg["client"] = self.client_key
-        if self.token:
-            msg["token"] = self.token
-        frame = codec.encode(msg)
-        if len(frame) > LOCAL_CHECK_BYTES:
-            _refuse_oversized(op, args or {}, len(frame))
+        frame = request_frame(req_id, op, args, self.client_key, self.token)
         fut = asyncio.get_running_loop().create_future()
         self._futures[req_id] = fut
         fut.req_id = req_id

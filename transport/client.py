@@ -69,6 +69,20 @@ def unreachable(endpoint: str, connect_timeout: float) -> Unavailable:
                        reason="unreachable")
 
 
+def request_frame(req_id: int, op: str, args: dict | None, client_key: str | None, token: str | None) -> bytes:
+    """One request as sent: the envelope (with the client key and token when set), encoded, and
+    refused here if every server would refuse it for its size."""
+    msg = {"id": req_id, "op": op, "args": args or {}}
+    if client_key:
+        msg["client"] = client_key
+    if token:
+        msg["token"] = token
+    frame = codec.encode(msg)
+    if len(frame) > LOCAL_CHECK_BYTES:
+        _refuse_oversized(op, args or {}, len(frame))
+    return frame
+
+
 DEFAULT_SERVER = "tcp://127.0.0.1:7700"
 #: Writes that are not given a request_id automatically: retrying them with
 #: one would store their (possibly large) results in the dedupe table.
@@ -199,14 +213,7 @@ class Client(Methods):
         if self._closed:
             raise Unavailable("client is closed", reason="closed")
         req_id = next(self._ids)
-        msg = {"id": req_id, "op": op, "args": args or {}}
-        if self.client_key:
-            msg["client"] = self.client_key
-        if self.token:
-            msg["token"] = self.token
-        frame = codec.encode(msg)
-        if len(frame) > LOCAL_CHECK_BYTES:
-            _refuse_oversized(op, args or {}, len(frame))
+        frame = request_frame(req_id, op, args, self.client_key, self.token)
         fut: Future = Future()
         self._futures[req_id] = fut
         fut.req_id = req_id
