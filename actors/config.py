@@ -45,6 +45,8 @@ class NodeConfig:
     http: bool = True
     #: HOST:PORT of the http actor.
     http_bind: str = "127.0.0.1:7780"
+    #: Free space the data dir's disk keeps: under it, writes are refused (disk_full) until space is freed.
+    disk_free_min_mb: int = 128
     #: Every request needs a token whose role covers its op (except `health`).
     auth: bool = False
     #: With auth, on a first start: {"id", "hash"} of the first admin token (the supervisor prints it).

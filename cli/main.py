@@ -59,7 +59,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
                completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000,
                usage: bool = True, http: bool = True, http_bind: str = "127.0.0.1:7780", log_level: str = "info",
-               log_format: str = "text", auth: bool = False, config: str = None):
+               log_format: str = "text", auth: bool = False, disk_free_min_mb: int = 128, config: str = None):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Every flag can also come from a JOBBIE_* variable (--http-bind: JOBBIE_HTTP_BIND) or a key of the
@@ -89,6 +89,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
           http_bind: HOST:PORT of the JSON API, web UI and /metrics (default 127.0.0.1:7780).
           auth: Every request needs an API token whose role covers its op (health excepted); the first start
             prints the first admin token once. See docs/security.md.
+          disk_free_min_mb: Free space (MiB) the data dir's disk keeps for the node: under it, writes are
+            refused (RESOURCE_EXHAUSTED / disk_full) until space is freed; reads and deletes go on. Default 128.
           log_level: debug, info (default), warning or error: the supervisor's and every actor's logs.
           log_format: text (default) or json (one JSON object per line: ts, level, actor, pid, logger, msg).
           bootstrap: First start of a new cluster on an empty data dir (with --peers).
@@ -118,7 +120,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                             worker_retention_ms=max(0, int(worker_retention_ms)),
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
                             mirror=_flag(mirror), usage=_flag(usage), http=_flag(http), http_bind=str(http_bind),
-                            log_level=str(log_level).lower(), log_format=str(log_format).lower(), auth=_flag(auth))
+                            log_level=str(log_level).lower(), log_format=str(log_format).lower(), auth=_flag(auth),
+                            disk_free_min_mb=max(0, int(disk_free_min_mb)))
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay: str = None,

@@ -259,7 +259,9 @@ OK_EXTRA = {
         ("mirror", "Once the mirror has reported: `{applied_index, lag, dropped_updates, rebuilds, ...}` (its "
                    "raft index, how far it is behind this node's applied index, change frames it lost and "
                    "repaired from LMDB, rebuilds so far); see search.md."),
-        ("warning", "Present only when the raft actor has not reported for 2 s."),
+        ("disk", "`{free_bytes, min_free_bytes, low}` of the data dir's filesystem, from the raft actor: while "
+                 "`low`, writes are refused with `disk_full`."),
+        ("warning", "Present only when the raft actor has not reported for 2 s, or while the disk is low."),
     ),
 }
 

@@ -134,6 +134,9 @@ REASONS: dict[str, tuple[str, str]] = {
     # --- load and availability
     "budget_exceeded": ("RESOURCE_EXHAUSTED", "`enqueue` into the scope of a spent budget whose `on_exceed` is "
                         "`reject`; `retry_after_ms` is the time until its window resets (absent for `total`)."),
+    "disk_full": ("RESOURCE_EXHAUSTED", "The node's data dir has less free space than its reserve "
+                  "(`--disk-free-min-mb`): writes wait until space is freed (reads, deletes and cancels go on); "
+                  "`retry_after_ms` is set."),
     "overloaded": ("RESOURCE_EXHAUSTED", "Admission's in-flight limit (node-wide or for this client) is reached; "
                    "`retry_after_ms` is set."),
     "timeout": ("UNAVAILABLE", "No outcome within the write time-out (5 s at the gateway; the Python client makes "

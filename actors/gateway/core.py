@@ -41,6 +41,8 @@ MIRROR_TIMEOUT_S = {"search_jobs": 10.0, "bulk_status": 10.0, "bulk": 120.0, "re
 #: Writes whose op carries the request's client key as `who`, for the audit trail.
 AUDITED = frozenset({"approve_job", "reject_job", "set_budget", "delete_budget", "set_price", "delete_price",
                      "cancel_job", "delete_job", "create_token", "revoke_token"})
+#: Writes taken even while the disk is low: they free space (or let a person decide what to free).
+FREEING_OPS = frozenset({"delete_job", "clear_queue", "drain_queue", "delete_queue", "cancel_job"})
 #: How often the gateway of an --auth node proposes the first admin token until it exists.
 BOOTSTRAP_EVERY_S = 2.0
 #: Reads that show figures at the gateway's time (a budget's spend in its current window).
@@ -238,6 +240,16 @@ class GatewayCore:
         elif op.path == "usage":
             self.to_usage(ident, envelope, req_id, op.name, args, client, now)
         else:
+            disk = self.raft_status.get("disk") or {}
+            if disk.get("low") and op.name not in FREEING_OPS:
+                free = disk.get("free_bytes") or 0
+                self.count(op.name, "RESOURCE_EXHAUSTED")
+                self.reply(ident, envelope, req_id, "err", {
+                    "code": "RESOURCE_EXHAUSTED", "reason": "disk_full", "retry_after_ms": 5000,
+                    "message": f"the node's disk has {free // 1048576} MiB free, under its "
+                               f"{disk.get('min_free_bytes', 0) // 1048576} MiB reserve (--disk-free-min-mb): writes "
+                               "wait until space is freed; reads and deletes still work"})
+                return
             p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s, who=who)
             if op.name == "create_token":
                 p.args = {"token_id": self.ids.new("tok"), "secret": self.make_secret()}
@@ -505,8 +517,12 @@ class GatewayCore:
         }
         out["mirror"] = self.mirror_report(now)
         out["usage"] = self.usage_report(now)
+        out["disk"] = raft.get("disk")
         if not fresh:
             out["warning"] = "no recent report from the raft actor (starting or restarting)"
+        elif (raft.get("disk") or {}).get("low"):
+            out["warning"] = (f"the disk is low ({(raft['disk'].get('free_bytes') or 0) // 1048576} MiB free, under the "
+                              f"reserve): writes are refused with disk_full until space is freed")
         return out
 
     def usage_report(self, now: float) -> dict | None:

@@ -103,6 +103,13 @@ def _cluster(s: dict) -> list:
             if window.get(key) is not None:
                 latency.add_metric([stage.removesuffix("_ms"), q], float(window[key]))
     out.append(latency)
+    disk = s.get("disk") or {}
+    if disk.get("free_bytes") is not None:
+        free = _gauge("jobbie_disk_free_bytes", "Free space of the data dir's filesystem.")
+        free.add_metric([], float(disk["free_bytes"]))
+        low = _gauge("jobbie_disk_low", "1 while free space is under the reserve and writes are refused (disk_full).")
+        low.add_metric([], 1.0 if disk.get("low") else 0.0)
+        out += [free, low]
     for view in ("mirror", "usage"):
         report = s.get(view) or {}
         lag = _gauge(f"jobbie_{view}_lag_entries", f"Raft entries applied to LMDB and not yet to the {view} view.")

@@ -36,6 +36,8 @@ from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 from . import core, startup
 from .snapshots import Snapshotter
 
+from .disk import DiskWatch
+
 log = logging.getLogger("jobbie.raft")
 
 
@@ -308,6 +310,7 @@ class RaftActor(PumpActor):
         super().__init__(ctx)
         self.config = config
         self.raft = raft
+        self.disk = DiskWatch(config.data_dir, config.disk_free_min_mb * 1024 * 1024)
 
     def open_sockets(self, ctx):
         cfg = self.config
@@ -325,7 +328,7 @@ class RaftActor(PumpActor):
         for _, frames in inbox.messages:
             self.propose(frames)
         if inbox.tick:
-            return [("status", [codec.encode({"k": "raft_status", **self.raft.status()})])]
+            return [("status", [codec.encode({"k": "raft_status", **self.raft.status(), "disk": self.disk.check()})])]
         return []
 
     def control(self, msg: dict):

@@ -63,3 +63,21 @@ def test_pysyncobjs_resend_alarm_becomes_one_warning_a_minute():
     assert f.filter(later) and "(2 more since the last note)" in later.getMessage()
     other = record("something else %s", "x")
     assert f.filter(other) and other.levelname == "CRITICAL"
+
+
+def test_disk_watch_stops_writes_under_the_reserve_and_resumes_past_a_margin():
+    from types import SimpleNamespace
+    from jobbie.actors.raft.disk import MIB, RESUME_MARGIN_BYTES, DiskWatch
+    free = [500 * MIB]
+    watch = DiskWatch("/data", 100 * MIB, statvfs=lambda _: SimpleNamespace(f_bavail=free[0], f_frsize=1))
+    assert watch.check() == {"free_bytes": 500 * MIB, "min_free_bytes": 100 * MIB, "low": False}
+    free[0] = 99 * MIB
+    assert watch.check()["low"] is True
+    free[0] = 100 * MIB + RESUME_MARGIN_BYTES - 1  # past the reserve, not past the margin: still low
+    assert watch.check()["low"] is True
+    free[0] = 100 * MIB + RESUME_MARGIN_BYTES
+    assert watch.check()["low"] is False
+
+    def broken(_):
+        raise OSError("gone")
+    assert DiskWatch("/x", 1, statvfs=broken).check() == {"free_bytes": None, "min_free_bytes": 1, "low": False}
