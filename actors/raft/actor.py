@@ -36,6 +36,7 @@ from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 from . import core, startup
 from .snapshots import Snapshotter
 
+from . import journal
 from .disk import DiskWatch
 
 log = logging.getLogger("jobbie.raft")
@@ -74,6 +75,8 @@ class ResendFilter(logging.Filter):
 
 
 logging.getLogger("pysyncobj.syncobj").addFilter(ResendFilter())
+# Journal compaction writes aside and renames into place (a kill mid-way loses no entry).
+journal.install()
 
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 EXIT_STORAGE_FAULT = 70
