@@ -6,7 +6,9 @@ Rules it keeps:
   with RESOURCE_EXHAUSTED and a `retry_after_ms` computed from the backlog;
   nothing waits without bound.
 - Fairness: waiting ops queue per client, and a batch is cut round-robin over
-  the clients, so one flooding client cannot starve a light one.
+  the clients, so one flooding client cannot starve a light one. An op too big
+  for the rest of an entry leads the next one, and smaller ops of other clients
+  fill the space (so a small write does not wait behind a line of 1 MiB ones).
 - Group commit: while fewer than `entries_in_flight_max` entries are with
   raft, a batch is cut at once (low latency when idle); otherwise ops wait and
   the next entry carries everything that piled up (throughput under load).
@@ -23,6 +25,10 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from jobbie.transport.metrics import Window
+
+
+#: Clients whose next op is too big for the rest of an entry, passed over at most per entry.
+SKIPS_MAX = 64
 
 
 @dataclass
@@ -106,11 +112,18 @@ class AdmissionCore:
             return None
         ops, tags, counts = [], [], {}
         size = 0
+        skipped = []
         while self.queues and len(ops) < lim.entry_ops_max:
             client, queue = next(iter(self.queues.items()))
             item = queue[0]
             if ops and size + item.size > lim.entry_bytes_max:
-                break
+                # Too big for what is left of this entry: it leads the next one, and the smaller ops of
+                # the clients behind it fill this one (a small write never waits behind a line of
+                # large ones for more than one entry).
+                skipped.append((client, self.queues.pop(client)))
+                if len(skipped) >= SKIPS_MAX:
+                    break
+                continue
             queue.popleft()
             self.queue_wait_ms.record((now - item.since) * 1000)
             ops.append(item.op_bytes)
@@ -121,6 +134,9 @@ class AdmissionCore:
             self.queues.move_to_end(client)
             if not queue:
                 del self.queues[client]
+        for client, queue in reversed(skipped):
+            self.queues[client] = queue
+            self.queues.move_to_end(client, last=False)
         n = self.next_entry
         self.next_entry += 1
         self.in_flight[n] = (now, list(counts.items()))
