@@ -33,7 +33,7 @@ import zmq
 
 from jobbie.transport import codec
 
-from .config import ACTORS, NodeConfig, pick_run_dir
+from .config import NodeConfig, pick_run_dir
 
 log = logging.getLogger("jobbie.supervisor")
 

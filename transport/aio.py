@@ -26,8 +26,7 @@ import uuid
 import zmq
 import zmq.asyncio
 
-from . import codec
-from .client import _NO_AUTO_REQUEST_ID, check_endpoints, request_frame, retry_pause, server_endpoint, unreachable
+from .client import _NO_AUTO_REQUEST_ID, check_endpoints, deliver_reply, request_frame, retry_pause, server_endpoint, unreachable
 from .errors import Unavailable
 from .methods import SLEEP, Methods
 from .ops import OPS
@@ -83,13 +82,7 @@ class AsyncClient(Methods):
         while True:
             frame = await self._sock.recv()
             self._connected.set()
-            try:
-                msg = codec.decode(frame)
-                fut = self._futures.pop(msg.get("id"), None)
-            except (codec.DecodeError, AttributeError):
-                continue
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            deliver_reply(self._futures, frame)
 
     async def _watch(self):
         await self._monitor.recv_multipart()  # the first completed handshake is all that is needed

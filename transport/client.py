@@ -83,6 +83,17 @@ def request_frame(req_id: int, op: str, args: dict | None, client_key: str | Non
     return frame
 
 
+def deliver_reply(futures: dict, frame: bytes):
+    """Resolve the future waiting for this reply frame (matched by its id); drop what matches none."""
+    try:
+        msg = codec.decode(frame)
+        fut = futures.pop(msg.get("id"), None)
+    except (codec.DecodeError, AttributeError, TypeError):
+        return
+    if fut is not None and not fut.done():
+        fut.set_result(msg)
+
+
 DEFAULT_SERVER = "tcp://127.0.0.1:7700"
 #: Writes that are not given a request_id automatically: retrying them with
 #: one would store their (possibly large) results in the dedupe table.
@@ -199,13 +210,7 @@ class Client(Methods):
 
     def _deliver(self, frame: bytes):
         self._connected.set()
-        try:
-            msg = codec.decode(frame)
-            fut = self._futures.pop(msg.get("id"), None)
-        except (codec.DecodeError, AttributeError):
-            return
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        deliver_reply(self._futures, frame)
 
     # --------------------------------------------------------------- requests
     def submit(self, op: str, args: dict | None = None) -> Future:

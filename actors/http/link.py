@@ -15,6 +15,7 @@ import zmq.asyncio
 
 from jobbie.actors.gateway.core import MIRROR_TIMEOUT_S
 from jobbie.transport import codec
+from jobbie.transport.client import deliver_reply
 from jobbie.transport.ops import OPS
 
 #: Slack over the gateway's own time-out: the gateway answers first when it is alive.
@@ -42,14 +43,7 @@ class GatewayLink:
 
     async def _read(self):
         while True:
-            frame = await self.sock.recv()
-            try:
-                msg = codec.decode(frame)
-                fut = self.waiting.pop(msg.get("id"), None)
-            except (codec.DecodeError, AttributeError, TypeError):
-                continue
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            deliver_reply(self.waiting, await self.sock.recv())
 
     def timeout_for(self, op: str, args: dict) -> float:
         base = MIRROR_TIMEOUT_S.get(op, self.write_timeout_s)
