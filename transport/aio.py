@@ -20,16 +20,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import time
-import uuid
 
 import zmq
 import zmq.asyncio
 
-from .client import _NO_AUTO_REQUEST_ID, check_endpoints, deliver_reply, request_frame, retry_pause, server_endpoint, unreachable
+from .client import begin_call, check_endpoints, deliver_reply, request_frame, retry_pause, server_endpoint, unreachable
 from .errors import Unavailable
 from .methods import SLEEP, Methods
-from .ops import OPS
 
 
 class AsyncClient(Methods):
@@ -108,11 +105,7 @@ class AsyncClient(Methods):
                 await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
             except asyncio.TimeoutError:
                 raise unreachable(self.endpoint, self.connect_timeout) from None
-        spec = OPS.get(op)
-        if spec is not None and spec.path == "write" and op not in _NO_AUTO_REQUEST_ID:
-            args.setdefault("request_id", uuid.uuid4().hex)
-        give_up = time.monotonic() + self.retry_for
-        wait = self.timeout + args.get("wait_ms", 0) / 1000.0
+        spec, give_up, wait = begin_call(op, args, self.timeout, self.retry_for)
         pause = 0.05
         while True:
             fut = await self.submit(op, args)

@@ -83,6 +83,15 @@ def request_frame(req_id: int, op: str, args: dict | None, client_key: str | Non
     return frame
 
 
+def begin_call(op: str, args: dict, timeout: float, retry_for: float):
+    """(the op's registry row, when to give up retrying, how long to wait for each answer) for one call;
+    a write gets a `request_id` (unless it has one, or is fetch or heartbeat), so its retries apply once."""
+    spec = OPS.get(op)
+    if spec is not None and spec.path == "write" and op not in _NO_AUTO_REQUEST_ID:
+        args.setdefault("request_id", uuid.uuid4().hex)
+    return spec, time.monotonic() + retry_for, timeout + args.get("wait_ms", 0) / 1000.0
+
+
 def deliver_reply(futures: dict, frame: bytes):
     """Resolve the future waiting for this reply frame (matched by its id); drop what matches none."""
     try:
@@ -237,11 +246,7 @@ class Client(Methods):
         """
         if not self._connected.is_set() and not self._connected.wait(self.connect_timeout):
             raise unreachable(self.endpoint, self.connect_timeout)
-        spec = OPS.get(op)
-        if spec is not None and spec.path == "write" and op not in _NO_AUTO_REQUEST_ID:
-            args.setdefault("request_id", uuid.uuid4().hex)
-        give_up = time.monotonic() + self.retry_for
-        wait = self.timeout + args.get("wait_ms", 0) / 1000.0
+        spec, give_up, wait = begin_call(op, args, self.timeout, self.retry_for)
         pause = 0.05
         while True:
             fut = self.submit(op, args)

@@ -33,6 +33,8 @@ from collections import OrderedDict
 from jobbie.transport import codec, ops as opsdef
 from jobbie.transport.errors import InvalidArgument, JobbieError, NotFound
 
+from .auth import secret_hash
+
 GW = "gw"
 log = logging.getLogger("jobbie.gateway")
 #: How long a mirror op may take before it is answered UNAVAILABLE / timeout (seconds).
@@ -252,7 +254,8 @@ class GatewayCore:
                 return
             p = Pending(ident, envelope, req_id, op.name, client, now + self.write_timeout_s, who=who)
             if op.name == "create_token":
-                p.args = {"token_id": self.ids.new("tok"), "secret": self.make_secret()}
+                secret = self.make_secret()
+                p.args = {"token_id": self.ids.new("tok"), "hash": secret_hash(secret), "secret": secret}
             if op.name == "fetch":
                 p.args = args
                 p.wait_until = now + args["wait_ms"] / 1000.0
@@ -320,8 +323,7 @@ class GatewayCore:
             op["who"] = p.who or p.client  # for the audit trail (the `actor` arg, when given, wins)
         ids = self.make_ids(p.op, args)
         if p.op == "create_token":
-            from .auth import secret_hash
-            ids = [p.args["token_id"], secret_hash(p.args["secret"])]
+            ids = [p.args["token_id"], p.args["hash"]]
         if ids:
             op["ids"] = ids
         data = codec.encode(op)
@@ -418,25 +420,23 @@ class GatewayCore:
         if self.raft_status.get("role") != "leader":
             return
         self.bootstrap_at = now + BOOTSTRAP_EVERY_S
-        p = Pending(None, False, -1, "create_token", "gateway", now + self.write_timeout_s, who="server:bootstrap")
-        args = {"name": "admin", "role": "admin", "note": "the first admin token (jobbie server --auth)",
-                "bootstrap": True}
-        self.seq += 1
-        tag = [GW, self.incarnation, self.seq]
-        op = {"op": "create_token", "args": args, "now": int(now * 1000), "tag": tag, "who": p.who,
-              "ids": [self.bootstrap_token["id"], self.bootstrap_token["hash"]]}
-        data = codec.encode(op)
-        self.pending[self.seq] = p
-        heapq.heappush(self.deadlines, (p.deadline, self.seq))
-        self.ops_out.append([p.client, len(data), tag, data])
+        p = Pending(None, False, -1, "create_token", "gateway", now + self.write_timeout_s, who="server:bootstrap",
+                    args={"token_id": self.bootstrap_token["id"], "hash": self.bootstrap_token["hash"]})
+        self.submit(p, {"name": "admin", "role": "admin", "note": "the first admin token (jobbie server --auth)",
+                        "bootstrap": True}, now)
 
     def on_own_result(self, p: Pending, result: dict):
         if p.op == "create_token" and ("ok" in result or (result.get("err") or {}).get("reason") == "tokens_exist"):
             self.bootstrap_token = None  # made, or another node's first token won
 
+    def raft_fresh(self, now: float) -> bool:
+        """The raft actor reported within the last 2 s."""
+        raft = self.raft_status
+        return bool(raft) and now - raft.get("seen_at", 0) < 2.0
+
     def health(self, now: float) -> dict:
         raft = self.raft_status
-        fresh = raft and now - raft.get("seen_at", 0) < 2.0
+        fresh = self.raft_fresh(now)
         return {"node_id": raft.get("node_id", self.node_id), "role": raft.get("role", "unknown") if fresh else "unknown",
                 "leader_known": bool(fresh and raft.get("leader"))}
 
@@ -490,7 +490,7 @@ class GatewayCore:
 
     def cluster_status(self, now: float) -> dict:
         raft = self.raft_status
-        fresh = raft and now - raft.get("seen_at", 0) < 2.0
+        fresh = self.raft_fresh(now)
         out = {
             "node_id": raft.get("node_id", self.node_id),
             "role": raft.get("role", "unknown") if fresh else "unknown",

@@ -174,17 +174,12 @@ def _query_value(arg: opsdef.Arg, values: list[str], field: str):
     if len(values) > 1:
         raise InvalidArgument(f"{field} is given {len(values)} times", field=field, reason="conflicting_fields")
     text = values[0]
-    if kind == "int":
+    if kind in ("int", "float"):
+        cast, what = (int, "an integer") if kind == "int" else (float, "a number")
         try:
-            return int(text)
+            return cast(text)
         except ValueError:
-            raise InvalidArgument(f"{field} must be an integer, got {text[:64]!r}", field=field,
-                                  reason="wrong_type") from None
-    if kind == "float":
-        try:
-            return float(text)
-        except ValueError:
-            raise InvalidArgument(f"{field} must be a number, got {text[:64]!r}", field=field,
+            raise InvalidArgument(f"{field} must be {what}, got {text[:64]!r}", field=field,
                                   reason="wrong_type") from None
     if kind == "bool":
         lowered = text.lower()
