@@ -9,10 +9,16 @@ Rules it keeps:
   the clients, so one flooding client cannot starve a light one. An op too big
   for the rest of an entry leads the next one, and smaller ops of other clients
   fill the space (so a small write does not wait behind a line of 1 MiB ones).
-- Group commit: while fewer than `entries_in_flight_max` entries are with
-  raft, a batch is cut at once (low latency when idle); otherwise ops wait and
-  the next entry carries everything that piled up (throughput under load).
+- Group commit: while no entry is with raft, a batch is cut at once (low
+  latency when idle); otherwise ops wait and the next entry carries
+  everything that piled up (throughput under load).
   An entry never exceeds `entry_ops_max` ops or `entry_bytes_max` bytes.
+- Bytes in flight: entries with raft hold at most `bytes_in_flight_max` bytes
+  together (one entry may be larger when it goes alone). Raft commits in log
+  order, so every byte ahead of a small write in the log is time it waits:
+  the cap keeps at most about one large entry ahead of it. Behind a large
+  entry (`pipeline_after_bytes`), up to `entries_in_flight_max` entries of
+  small ops are pipelined in the space left, instead of waiting for it.
 - An entry raft never answers for (its process restarted) is forgotten when
   the new raft process says hello, or after `entry_timeout_s`; the gateway
   answers its ops UNAVAILABLE when its own time-out runs out.
@@ -38,7 +44,15 @@ class AdmissionLimits:
     #: Ops waiting or in flight for one client (<= inflight_max).
     inflight_per_client_max: int = 10_000
     #: Raft entries proposed and not yet applied.
-    entries_in_flight_max: int = 1
+    entries_in_flight_max: int = 4
+    #: Another entry joins those in flight only when they hold at least this many bytes: a
+    #: large entry is ahead, and what waits would wait for it anyway, so it is pipelined behind
+    #: it. Below this, ops wait and the next entry carries them all (group commit: fewer,
+    #: fuller entries, which is what small ops need).
+    pipeline_after_bytes: int = 256 * 1024
+    #: Bytes of the entries proposed and not yet applied: room for one entry of
+    #: `entry_bytes_max` and a quarter more for small ops beside it.
+    bytes_in_flight_max: int = 1024 * 1024 + 256 * 1024
     #: Ops in one raft entry.
     entry_ops_max: int = 2000
     #: Encoded bytes in one raft entry: one op may be larger (the gateway caps a write at
@@ -70,7 +84,8 @@ class AdmissionCore:
         self.queues: OrderedDict[str, deque] = OrderedDict()  # client -> waiting ops, round-robin order
         self.per_client: dict[str, int] = {}  # waiting + in flight
         self.total = 0
-        self.in_flight: dict[int, tuple[float, list]] = {}  # entry n -> (sent at, [(client, count)])
+        self.in_flight: dict[int, tuple[float, list, int]] = {}  # entry n -> (sent at, [(client, count)], bytes)
+        self.bytes_in_flight = 0
         self.next_entry = 0
         self.applied_ops = 0
         self.rejected = 0
@@ -110,13 +125,21 @@ class AdmissionCore:
         lim = self.limits
         if not self.queues or len(self.in_flight) >= lim.entries_in_flight_max:
             return None
+        # With nothing in flight any op may go (alone, if it is over the caps).
+        room = lim.entry_bytes_max
+        if self.in_flight:
+            if self.bytes_in_flight < lim.pipeline_after_bytes:
+                return None
+            room = min(room, lim.bytes_in_flight_max - self.bytes_in_flight)
+            if room <= 0:
+                return None
         ops, tags, counts = [], [], {}
         size = 0
         skipped = []
         while self.queues and len(ops) < lim.entry_ops_max:
             client, queue = next(iter(self.queues.items()))
             item = queue[0]
-            if ops and size + item.size > lim.entry_bytes_max:
+            if (ops or self.in_flight) and size + item.size > room:
                 # Too big for what is left of this entry: it leads the next one, and the smaller ops of
                 # the clients behind it fill this one (a small write never waits behind a line of
                 # large ones for more than one entry).
@@ -137,9 +160,12 @@ class AdmissionCore:
         for client, queue in reversed(skipped):
             self.queues[client] = queue
             self.queues.move_to_end(client, last=False)
+        if not ops:
+            return None
         n = self.next_entry
         self.next_entry += 1
-        self.in_flight[n] = (now, list(counts.items()))
+        self.in_flight[n] = (now, list(counts.items()), size)
+        self.bytes_in_flight += size
         self.entry_ops.record(len(ops))
         return n, ops, tags
 
@@ -147,7 +173,8 @@ class AdmissionCore:
         entry = self.in_flight.pop(n, None)
         if entry is None:
             return
-        sent_at, counts = entry
+        sent_at, counts, size = entry
+        self.bytes_in_flight -= size
         done = self._release(counts)
         self.entry_ms.record((now - sent_at) * 1000)
         elapsed = max(now - sent_at, 1e-4)
@@ -156,14 +183,16 @@ class AdmissionCore:
 
     def on_raft_restarted(self):
         """Raft came back: whatever it had not answered is lost (or will be answered late, harmlessly)."""
-        for _, counts in self.in_flight.values():
+        for _, counts, _ in self.in_flight.values():
             self._release(counts)
         self.in_flight.clear()
+        self.bytes_in_flight = 0
 
     def expire(self, now: float):
-        for n, (sent_at, counts) in list(self.in_flight.items()):
+        for n, (sent_at, counts, size) in list(self.in_flight.items()):
             if now - sent_at > self.limits.entry_timeout_s:
                 del self.in_flight[n]
+                self.bytes_in_flight -= size
                 self._release(counts)
 
     def _release(self, counts) -> int:
@@ -181,10 +210,12 @@ class AdmissionCore:
     def stats(self) -> dict:
         lim = self.limits
         return {"waiting": sum(len(q) for q in self.queues.values()), "in_flight": self.total,
-                "entries_in_flight": len(self.in_flight), "clients": len(self.per_client),
+                "entries_in_flight": len(self.in_flight), "bytes_in_flight": self.bytes_in_flight, "clients": len(self.per_client),
                 "applied_ops": self.applied_ops, "rejected": self.rejected,
                 "apply_rate_ops_per_s": round(self.apply_rate, 1),
                 "limits": {"inflight_max": lim.inflight_max, "inflight_per_client_max": lim.inflight_per_client_max,
-                           "entry_ops_max": lim.entry_ops_max, "entry_bytes_max": lim.entry_bytes_max},
+                           "entry_ops_max": lim.entry_ops_max, "entry_bytes_max": lim.entry_bytes_max,
+                           "entries_in_flight_max": lim.entries_in_flight_max,
+                           "bytes_in_flight_max": lim.bytes_in_flight_max},
                 "queue_wait_ms": self.queue_wait_ms.summary(), "entry_ops": self.entry_ops.summary(),
                 "entry_commit_ms": self.entry_ms.summary()}

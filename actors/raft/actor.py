@@ -36,7 +36,7 @@ from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 from . import core, startup
 from .snapshots import Snapshotter
 
-from . import journal
+from . import journal, wire
 from .disk import DiskWatch
 
 log = logging.getLogger("jobbie.raft")
@@ -77,6 +77,8 @@ class ResendFilter(logging.Filter):
 logging.getLogger("pysyncobj.syncobj").addFilter(ResendFilter())
 # Journal compaction writes aside and renames into place (a kill mid-way loses no entry).
 journal.install()
+# Cheaper compression, and acknowledgements that never rewind a follower's next index (wire.py).
+wire.install()
 
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 EXIT_STORAGE_FAULT = 70
@@ -90,6 +92,8 @@ MIRROR_FEED_HWM = 2000
 SNAPSHOT_EVERY_ENTRIES = 20_000
 #: pysyncobj's appendEntriesBatchSizeBytes (see syncobj_conf).
 APPEND_ENTRIES_BATCH_BYTES = 2 * 1024 * 1024
+#: Socket buffers of raft's peer connections (also the size of one read).
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
@@ -108,6 +112,12 @@ def syncobj_conf(config, single: bool, snapshotter: Snapshotter) -> SyncObjConf:
         # entry_bytes_max, the gateway's op_bytes_max), at most 1.6 MiB once pysyncobj has
         # pickled it: always below. A larger batch would only lengthen each tick.
         appendEntriesBatchSizeBytes=APPEND_ENTRIES_BATCH_BYTES,
+        # pysyncobj sets both socket buffers (and so turns off the kernel's autotuning) to 64 KiB by
+        # default: a 1 MiB entry then crosses in ~16 rounds of wake-ups of two busy processes, which
+        # took ~1 s on a loaded 2-core machine. The kernel caps these at net.core.wmem_max and
+        # rmem_max (4 MiB on many hosts, 208 KiB on some).
+        sendBufferSize=SOCKET_BUFFER_BYTES,
+        recvBufferSize=SOCKET_BUFFER_BYTES,
         bindAddress=config.raft_bind,
         maxBindRetries=20,
         bindRetryTime=0.25,
@@ -156,6 +166,13 @@ class JobbieRaft(SyncObj):
         super().__init__(config.raft_bind, list(config.peers), syncobj_conf(config, single, self.snapshotter))
         self.addOnTickCallback(self._kick)
         self.addOnTickCallback(self._feed_due)
+
+    def _SyncObj__onMessageReceived(self, node, message):
+        # pysyncobj binds this (name-mangled) handler to its transport in __init__; a success
+        # acknowledgement is handled here so that it never moves the next index back (wire.py).
+        if message.get("type") == "next_node_idx" and wire.on_next_index(self, node, message):
+            return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     # The snapshotter's view of the store (tick thread only).
     @property

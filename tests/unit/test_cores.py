@@ -19,14 +19,22 @@ def offer_many(core, client, n, size=10, start=0):
     return [core.offer(client, size, ["gw", 1, start + i], f"{client}-{start + i}".encode()) for i in range(n)]
 
 
+def cut_applied(core, now=0.0):
+    """Cut the next entry and have raft apply it at once: the shape of each entry, one at a time."""
+    batch = core.cut_batch(now)
+    if batch is not None:
+        core.on_applied(batch[0], now)
+    return batch
+
+
 def test_admission_cuts_round_robin_between_clients():
     # Given a flooding client with 6 waiting ops and a light one with 2
-    core = AdmissionCore(AdmissionLimits(entry_ops_max=4, entries_in_flight_max=10))
+    core = AdmissionCore(AdmissionLimits(entry_ops_max=4))
     offer_many(core, "flood", 6)
     offer_many(core, "light", 2)
     # When batches are cut
-    _, ops1, _ = core.cut_batch(0.0)
-    _, ops2, _ = core.cut_batch(0.0)
+    _, ops1, _ = cut_applied(core)
+    _, ops2, _ = cut_applied(core)
     # Then the light client's ops are interleaved, not queued behind the flood
     assert ops1 == [b"flood-0", b"light-0", b"flood-1", b"light-1"]
     assert ops2 == [b"flood-2", b"flood-3", b"flood-4", b"flood-5"]
@@ -69,22 +77,22 @@ def test_admission_waits_while_raft_has_entries_in_flight_then_groups():
 
 
 def test_admission_splits_batches_by_ops_and_bytes():
-    core = AdmissionCore(AdmissionLimits(entry_ops_max=3, entry_bytes_max=25, entries_in_flight_max=10))
+    core = AdmissionCore(AdmissionLimits(entry_ops_max=3, entry_bytes_max=25))
     offer_many(core, "a", 7, size=10)
     sizes = []
-    while (batch := core.cut_batch(0.0)) is not None:
+    while (batch := cut_applied(core)) is not None:
         sizes.append(len(batch[1]))
     assert sizes == [2, 2, 2, 1]  # 25 bytes hold two 10-byte ops
-    core2 = AdmissionCore(AdmissionLimits(entry_ops_max=3, entry_bytes_max=10**6, entries_in_flight_max=10))
+    core2 = AdmissionCore(AdmissionLimits(entry_ops_max=3, entry_bytes_max=10**6))
     offer_many(core2, "a", 7)
-    assert [len(core2.cut_batch(0.0)[1]) for _ in range(3)] == [3, 3, 1]
+    assert [len(cut_applied(core2)[1]) for _ in range(3)] == [3, 3, 1]
 
 
 def test_admission_single_op_larger_than_the_byte_cap_still_goes_alone():
-    core = AdmissionCore(AdmissionLimits(entry_bytes_max=5, entries_in_flight_max=10))
+    core = AdmissionCore(AdmissionLimits(entry_bytes_max=5))
     offer_many(core, "a", 2, size=50)
-    assert len(core.cut_batch(0.0)[1]) == 1
-    assert len(core.cut_batch(0.0)[1]) == 1
+    assert len(cut_applied(core)[1]) == 1
+    assert len(cut_applied(core)[1]) == 1
 
 
 def test_admission_forgets_entries_raft_never_answered():
