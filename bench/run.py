@@ -15,6 +15,7 @@ from jobbie.transport.client import Client
 from . import scenarios as S
 from .driver import run, run_groups
 from .http_driver import run_http
+from .worker_driver import run_worker
 from .servers import ceiling_server, jobbie_node, wait_mirrored
 
 
@@ -173,17 +174,21 @@ class Bench:
             elif name == "lifecycle":
                 prefill(node.endpoint, jobs=max(20_000, int(self.duration * 12_000)), agent=self.agent)
                 workload = S.Lifecycle(work_ms, usage=self.usage, agent=self.agent)
+            elif name == "worker":
+                prefill(node.endpoint, jobs=max(20_000, int(self.duration * 20_000)))
             elif name == "mixed":
                 workload = S.Mixed(work_ms=work_ms)
             else:
                 raise ValueError(f"unknown scenario {name!r}")
-            if self.mirror and name == "lifecycle":
+            if self.mirror and name in ("lifecycle", "worker"):
                 with Client(node.endpoint, timeout=5) as client:
                     wait_mirrored(client, timeout=60.0)  # the prefill's rows are written before the clock starts
             pids = actor_pids(node.endpoint) if not self.server else {}
             before = counters(pids)
             if name == "http-unary":
                 result = summarize(run_http(node.http_url, concurrency, self.duration))
+            elif name == "worker":
+                result = summarize(run_worker(node.endpoint, concurrency, self.duration, work_ms))
             else:
                 result = summarize(run(node.endpoint, workload, concurrency, self.duration))
             if pids:
@@ -208,7 +213,7 @@ class Bench:
         return self.record("fair-light", 1, repeat, light, p99_ratio_to_alone=ratio)
 
 
-SCENARIOS = ("unary", "batch", "lifecycle", "mixed", "fairness", "http-unary")
+SCENARIOS = ("unary", "batch", "lifecycle", "mixed", "fairness", "http-unary", "worker")
 
 
 def medians(records: list[dict]) -> list[dict]:
@@ -306,7 +311,8 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
 
     Args:
       scenarios: Comma-separated: unary, batch, lifecycle, mixed, fairness, http-unary (enqueue over the
-        http actor's JSON API, one keep-alive connection per client).
+        http actor's JSON API, one keep-alive connection per client), worker (one real Worker with
+        `concurrency` handler slots on a pre-filled queue: batched fetches and acks).
       concurrency: Comma-separated client counts to sweep, e.g. 10,50,100,200.
       duration: Seconds per run.
       repeats: Runs per (scenario, concurrency); the median is reported.

@@ -6,6 +6,7 @@
 - mixed:     half the clients enqueue, half fetch (long-poll) and ack, at the same time.
 - ceiling:   unary frames against the bare ROUTER echo (bench/ceiling.py).
 - fairness:  a light client (c1) alone, then the same next to one client flooding at c100.
+- worker:    the real Python Worker library with N handler slots (bench/worker_driver.py).
 """
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
         """Load-test a node over the wire protocol (closed loop); medians of repeated runs, with the ZeroMQ ceiling.
 
         Starts a fresh node (and a bare ROUTER echo for the ceiling) per run unless --server is given.
-        Scenarios: unary, batch, lifecycle, mixed, fairness, http-unary (enqueue over the JSON API). --mirror
+        Scenarios: unary, batch, lifecycle, mixed, fairness, http-unary (enqueue over the JSON API), worker (the real Python Worker library, --concurrency handler slots, on a pre-filled queue). --mirror
         both runs each scenario with the mirror on and off, alternating, and reports on/off; --http both does
         the same with the http actor (idle: what it costs the ZeroMQ path to have it running). --usage true makes every lifecycle ack carry a
         usage map (compare with a run without it); --budgets true sets two budgets every job falls under

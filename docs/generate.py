@@ -114,6 +114,9 @@ OK_FIELD_DOCS = {
                        "without one; agent jobs add `iteration` and `approval`). Empty list when nothing was "
                        "found within `wait_ms`.",
     ("ack", "state"): "`completed`, or `held` with agent_status `hold`.",
+    ("ack_batch", "acks"): "One answer per ack, in order: `{ok: ...}` as `ack` answers, or `{err: ...}` "
+                           "(say `lease_lost`) for that job alone.",
+    ("ack_batch", "fails"): "One answer per fail, in order, as `fail` answers (`{ok: ...}` or `{err: ...}`).",
     ("fail", "state"): "`retrying` (attempts left; with backoff 0 it is promoted to `pending` by the next lifecycle tick), `dead`, or `cancelled` (cancel was requested).",
     ("fail", "next_attempt_at"): "When the job may run again (ms since epoch); nil when `dead` or `cancelled`.",
     ("fail", "attempts_remaining"): "Attempts left after this one (0 when `dead` or `cancelled`).",
@@ -276,6 +279,8 @@ EXTRA_BOUNDS = {
     ("heartbeat", "jobs"): "≤ 1000 entries; keys are job ids; each entry's checkpoint and progress within "
                            "their caps, the whole request within the write cap",
     ("enqueue", "payload"): "encoded size ≤ the payload cap",
+    ("ack_batch", "acks"): "1 … 1000 items with fails; each item checked as an ack (`acks[i].field`)",
+    ("ack_batch", "fails"): "each item checked as a fail (`fails[i].field`)",
     ("ack", "result"): "encoded size ≤ the result cap (the payload cap)",
     ("ack", "checkpoint"): "encoded size ≤ the checkpoint cap",
     ("ack", "trace"): "encoded size ≤ the trace cap",

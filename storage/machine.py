@@ -387,6 +387,19 @@ HANDLERS = {
 }
 
 
+def handle_ack_batch(env, txn, dbs, now: int, args: dict, changes: Changes, book) -> dict:
+    """ack_batch: every ack, then every fail, applied as if each came alone (its own nested
+    transaction: one refused, say lease_lost, leaves the others applied), answered in order."""
+    out = {}
+    for name in ("ack", "fail"):
+        out[f"{name}s"] = [_apply_one(env, txn, dbs, now, {"op": name, "args": item}, changes, book)
+                           for item in args.get(f"{name}s") or ()]
+    return _ok(**out)
+
+
+HANDLERS["ack_batch"] = handle_ack_batch
+
+
 # =================================================================== the batch
 
 def applied_index(txn, dbs) -> int:
@@ -453,7 +466,10 @@ def _apply_one(env, txn, dbs, now: int, op: dict, changes: Changes, book: budget
                                     "different request", "request_id", "request_id_reused")
         apply = Apply(child, dbs, now, op_changes, name, args.get("actor") or op.get("who"), args.get("note"), book)
         try:
-            result = handler(apply, args, op.get("ids") or [])
+            if handler is handle_ack_batch:
+                result = handle_ack_batch(env, child, dbs, now, args, op_changes, book)
+            else:
+                result = handler(apply, args, op.get("ids") or [])
         finally:
             if apply.budget_admin and book is not None:
                 book.forget_index()  # it read and changed them in LMDB, past the caches

@@ -166,6 +166,13 @@ class Methods:
                        request_id=request_id)
         return self._one("fail", dict(job_id=job_id, error=error, **_given(options)))
 
+    def ack_batch(self, acks: list | None = None, fails: list | None = None, *,
+                  request_id: str | None = None) -> dict:
+        """Complete and fail many jobs in one frame: `acks` are maps of ack's args, `fails` of fail's
+        (each with `job_id`; no request_id). Each is applied as if sent alone. Answers
+        `{"acks": [...], "fails": [...]}`, one `{"ok": ...}` or `{"err": ...}` per item, in order."""
+        return self._one("ack_batch", _given(dict(acks=acks or None, fails=fails or None, request_id=request_id)))
+
     def heartbeat(self, worker_id: str, jobs: dict) -> dict:
         """Extend the leases of `jobs` ({job_id: {progress, checkpoint, usage, attempt}}); answers per job
         {"status": "ok"|"cancel"|"lost", "budget_exceeded": bool}."""

@@ -247,6 +247,12 @@ _op("fail", "write", "Fail the current attempt: retry with backoff, or `dead` wh
     Arg("checkpoint", "any", "Kept for the next attempt."),
     REQUEST_ID,
 ), ok=("state", "next_attempt_at", "attempts_remaining"))
+_op("ack_batch", "write", "Complete and fail many active jobs in one frame (a worker whose jobs finish together); "
+    "each one is applied on its own, as if sent alone, and answered in its place.", (
+    Arg("acks", "list", "Ack arg maps (job_id, attempt, result, usage, ...; no request_id)."),
+    Arg("fails", "list", "Fail arg maps (job_id, attempt, error, backtrace, ...; no request_id)."),
+    REQUEST_ID,
+), ok=("acks", "fails"))
 _op("heartbeat", "write", "Extend leases and store progress; answers per job ok, cancel or lost.", (
     Arg("worker_id", "id", required=True),
     Arg("jobs", "map", "job_id → {progress, checkpoint, usage, attempt}; at most 1000.", required=True),
@@ -535,12 +541,37 @@ def _check_heartbeat(args, limits, frame_bytes, now_ms):
     args["jobs"] = clean
 
 
-def _check_ack_hold(args, limits, frame_bytes, now_ms):
-    _check_caps("ack", args, limits, frame_bytes)
+def _check_ack_hold(args, limits, frame_bytes, now_ms=0, prefix=""):
+    _check_caps("ack", args, limits, frame_bytes, prefix=prefix)
     if args.get("agent_status") != "hold":
         for name in ("hold_reason", "hold_payload", "hold_timeout_ms", "timeout_action"):
             if name in args:
-                _bad(f"{name} goes with agent_status hold", name, "conflicting_fields")
+                _bad(f"{prefix}{name} goes with {prefix}agent_status hold", prefix + name, "conflicting_fields")
+
+
+#: Jobs one ack_batch may finish (acks and fails together).
+ACK_BATCH_MAX = 1000
+
+
+def _check_ack_batch(args, limits, frame_bytes, now_ms):
+    acks, fails = args.get("acks") or [], args.get("fails") or []
+    if not 1 <= len(acks) + len(fails) <= ACK_BATCH_MAX:
+        _bad(f"acks and fails must hold 1 to {ACK_BATCH_MAX} jobs together; got {len(acks) + len(fails)}",
+             "acks", "too_large" if acks or fails else "missing_field")
+    for name, list_ in (("ack", acks), ("fail", fails)):
+        rows = tuple(a for a in OPS[name].args if a.name != "request_id")
+        clean = []
+        for i, item in enumerate(list_):
+            prefix = f"{name}s[{i}]."
+            if type(item) is not dict:
+                _bad(f"{name}s[{i}] must be a map, got {_type_name(item)}", f"{name}s[{i}]", "wrong_type")
+            one = validate_fields(rows, item, prefix=prefix)
+            if name == "ack":
+                _check_ack_hold(one, limits, frame_bytes, prefix=prefix)
+            else:
+                _check_caps("fail", one, limits, frame_bytes, prefix=prefix)
+            clean.append(one)
+        args[f"{name}s"] = clean
 
 
 _EXTRA_CHECKS = {
@@ -548,6 +579,7 @@ _EXTRA_CHECKS = {
     "enqueue_batch": _check_enqueue_batch,
     "heartbeat": _check_heartbeat,
     "ack": _check_ack_hold,
+    "ack_batch": _check_ack_batch,
     "fail": lambda args, limits, frame_bytes, now_ms: _check_caps("fail", args, limits, frame_bytes),
 }
 

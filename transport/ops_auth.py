@@ -33,7 +33,7 @@ _op("health", "local", "Whether this node's process answers, and its raft role: 
 
 #: Ops anyone may send to an auth-enabled node.
 OPEN_OPS = frozenset({"health"})
-WORKER_OPS = frozenset({"fetch", "heartbeat", "ack", "fail"})
+WORKER_OPS = frozenset({"fetch", "heartbeat", "ack", "fail", "ack_batch"})
 PRODUCER_OPS = frozenset({"enqueue", "enqueue_batch"})
 #: Reads an admin token is needed for all the same.
 ADMIN_READS = frozenset({"list_tokens"})

@@ -45,7 +45,7 @@ import traceback
 
 from . import codec
 from .client import Client
-from .errors import JobbieError
+from .errors import JobbieError, from_wire
 
 log = logging.getLogger("jobbie.worker")
 
@@ -126,6 +126,7 @@ class Job:
         #: Set once the worker failed the attempt for running past its time limit.
         self.timed_out = False
         self._settled = False
+        self._slot_freed = False
         #: Agent jobs: the iteration this fetch hands out (from 1), and a person's decision after a hold.
         self.iteration = data.get("iteration")
         self.approval = data.get("approval")
@@ -227,6 +228,101 @@ def default_heartbeat_ms(lease_ms: int) -> int:
 HEARTBEAT_MS_MAX_DEFAULT = 2000
 
 
+class Outcomes:
+    """Sends the acks and fails of a worker's job threads, several in one frame when they finish together.
+
+    A job thread hands its outcome over and waits for the answer, as if it had called `ack` or `fail`
+    itself. One sender thread takes whatever is waiting: one outcome goes as a plain ack or fail;
+    several go as one `ack_batch`, and each thread gets its own item's answer (or error). While a
+    frame is on the wire the next outcomes gather, so an idle worker adds no delay and a busy one
+    makes one round trip for many jobs. A server without ack_batch gets them one by one.
+    """
+
+    def __init__(self, client: Client, batch_max: int = 256):
+        self.client = client
+        self.batch_max = batch_max
+        self.batching = True
+        self._waiting: list = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="jobbie-outcomes", daemon=True)
+        self._thread.start()
+
+    def ack(self, job_id: str, **args) -> dict:
+        return self._hand_over("ack", dict(job_id=job_id, **args))
+
+    def fail(self, job_id: str, error: str, **args) -> dict:
+        return self._hand_over("fail", dict(job_id=job_id, error=error, **args))
+
+    def _hand_over(self, kind: str, args: dict) -> dict:
+        item = [kind, {k: v for k, v in args.items() if v is not None or k == "result"}, threading.Event(), None, None]
+        with self._cv:
+            closed = self._closed
+            if not closed:
+                self._waiting.append(item)
+                self._cv.notify()
+        if closed:
+            self._send([item])  # after the drain: straight from this thread
+        item[2].wait()
+        if item[4] is not None:
+            raise item[4]
+        return item[3]
+
+    def close(self):
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+
+    def _loop(self):
+        while True:
+            with self._cv:
+                while not self._waiting and not self._closed:
+                    self._cv.wait()
+                if not self._waiting:
+                    return
+                items, self._waiting = self._waiting[:self.batch_max], self._waiting[self.batch_max:]
+            try:
+                self._send(items)
+            except BaseException as exc:  # never leave a job thread waiting
+                for item in items:
+                    if not item[2].is_set():
+                        item[4] = exc
+                        item[2].set()
+
+    def _send(self, items: list):
+        if len(items) > 1 and self.batching:
+            acks = [item for item in items if item[0] == "ack"]
+            fails = [item for item in items if item[0] == "fail"]
+            try:
+                answer = self.client.ack_batch([i[1] for i in acks], [i[1] for i in fails])
+            except JobbieError as exc:
+                if exc.reason != "unknown_op":
+                    for item in items:
+                        item[4] = exc
+                        item[2].set()
+                    return
+                self.batching = False  # an older server: one by one from now on
+            else:
+                for item, result in zip(acks + fails, answer["acks"] + answer["fails"]):
+                    if "ok" in result:
+                        item[3] = result["ok"]
+                    else:
+                        item[4] = from_wire(result["err"])
+                    item[2].set()
+                return
+        for item in items:
+            kind, args = item[0], dict(item[1])
+            try:
+                if kind == "ack":
+                    item[3] = self.client.ack(args.pop("job_id"), **args)
+                else:
+                    item[3] = self.client.fail(args.pop("job_id"), args.pop("error"), **args)
+            except JobbieError as exc:
+                item[4] = exc
+            item[2].set()
+
+
 class Worker:
     """Runs handlers for the given queues until stopped."""
 
@@ -258,6 +354,7 @@ class Worker:
         self._finished = threading.Event()
         self.completed = 0
         self.failed = 0
+        self._outcomes: Outcomes | None = None
 
     # ---------------------------------------------------------------- control
     def stop(self, *_):
@@ -282,12 +379,14 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         log.info("worker %s: queues %s, concurrency %d, heartbeat %g s, server %s", self.worker_id,
                  ", ".join(self.handlers), self.concurrency, self.heartbeat_s, self.client.endpoint)
+        self._outcomes = Outcomes(self.client)
         beat = threading.Thread(target=self._heartbeat_loop, name="jobbie-heartbeat", daemon=True)
         beat.start()
         try:
             self._fetch_loop()
         finally:
             self._drain()
+            self._outcomes.close()
             if self._own_client:
                 self.client.close()
 
@@ -365,6 +464,9 @@ class Worker:
                       job.queue, job.id, job.attempt, (time.monotonic() - started - limit) * 1000)
             return
         try:
+            # The handler is done: its slot takes the next job while this outcome is reported (the job
+            # stays in flight, and heartbeated, until the server has answered for it).
+            self._free_slot(job)
             took = (time.monotonic() - started) * 1000
             if isinstance(error, BudgetExceeded):
                 outcome = self._finish(job, error=BudgetExceeded("budget exceeded"), paused=True)
@@ -384,6 +486,13 @@ class Worker:
     def _release(self, job: Job):
         with self._lock:
             self.in_flight.pop(job.id, None)
+        self._free_slot(job)
+
+    def _free_slot(self, job: Job):
+        with self._lock:
+            if job._slot_freed:
+                return
+            job._slot_freed = True
         self._slots.release()
 
     def _time_out(self, job: Job, limit: float, started: float):
@@ -400,6 +509,7 @@ class Worker:
 
     def _finish(self, job: Job, result=None, error: Exception | None = None, paused: bool = False) -> str:
         """Report the outcome; returns what became of the job, for the log line."""
+        outcomes = self._outcomes or self.client
         if job.lost:
             return "lease lost, outcome discarded"  # someone else holds the job now
         extra = self._final_report(job)
@@ -414,27 +524,27 @@ class Worker:
                 if isinstance(result, Hold):
                     if result.checkpoint is not None:
                         extra["checkpoint"] = result.checkpoint
-                    self.client.ack(job.id, agent_status="hold", hold_reason=result.reason,
+                    outcomes.ack(job.id, agent_status="hold", hold_reason=result.reason,
                                     hold_payload=result.payload, **extra)
                     return f"held ({result.reason})"
                 if isinstance(result, Continue):
                     if result.checkpoint is not None:
                         extra["checkpoint"] = result.checkpoint
-                    answer = self.client.ack(job.id, agent_status="continue", result=result.result, **extra)
+                    answer = outcomes.ack(job.id, agent_status="continue", result=result.result, **extra)
                     state = answer.get("state")
                     return "continues" if state == "pending" else f"iteration recorded, job {state}"
                 if isinstance(result, Done):
                     result = result.result
-                self.client.ack(job.id, result=result, **extra)
+                outcomes.ack(job.id, result=result, **extra)
                 self.completed += 1
                 return "completed"
             if paused:
-                answer = self.client.fail(job.id, "budget exceeded", **extra)
+                answer = outcomes.fail(job.id, "budget exceeded", **extra)
                 return f"paused: budget exceeded (job {answer.get('state')})"
             if isinstance(error, TimedOut):
-                answer = self.client.fail(job.id, str(error), **extra)
+                answer = outcomes.fail(job.id, str(error), **extra)
             else:
-                answer = self.client.fail(job.id, f"{type(error).__name__}: {error}",
+                answer = outcomes.fail(job.id, f"{type(error).__name__}: {error}",
                                           backtrace="".join(traceback.format_exception(error)), **extra)
             self.failed += 1
             state = answer.get("state") if isinstance(answer, dict) else None

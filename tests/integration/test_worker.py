@@ -466,3 +466,65 @@ def test_the_default_heartbeat_lets_a_cancel_reach_the_handler_within_about_2_s(
         assert saw.wait(5.0)
         assert time.monotonic() - at < 2.6
         wait_state(client, job_id, "cancelled")
+
+
+# --------------------------------------------------------------------------- batched outcomes
+def answers(client, op):
+    return sum(n for name, code, n in client.status()["gateway"]["answers"] if name == op and code == "OK")
+
+
+def test_jobs_that_finish_together_are_reported_in_one_ack_batch(node, client):
+    # Given 8 jobs, a handler that lets them all finish at the same moment, and 8 slots
+    ids = [client.enqueue("together", {"n": n}) for n in range(8)]
+    gate = threading.Barrier(8, timeout=10)
+
+    def handler(job):
+        gate.wait()
+        if job.payload["n"] == 3:
+            raise RuntimeError("three fails")
+        return {"n": job.payload["n"]}
+
+    before = answers(client, "ack_batch")
+    with running(make_worker(node, {"together": handler}, concurrency=8)):
+        wait_for(lambda: all(job_state(client, j) == "completed" for j in ids if j != ids[3])
+                 and client.get_job(ids[3])["last_error"], 20.0, interval=0.05, message="every job to be reported")
+    # Then each job got its own outcome (the failed one is retried) ...
+    states = {j: client.get_job(j) for j in ids}
+    assert [states[j]["result"] for j in ids if j != ids[3]] == [{"n": n} for n in range(8) if n != 3]
+    assert states[ids[3]]["last_error"].startswith("RuntimeError: three fails")
+    # ... and most of them travelled together, in ack_batch frames
+    assert answers(client, "ack_batch") > before
+
+
+def test_ack_batch_over_the_wire_answers_each_job_in_its_place(node, client):
+    # Given three active jobs
+    for n in range(3):
+        client.enqueue("wire", {"n": n})
+    jobs = client.fetch("wire", worker_id="w-wire", count=3)
+    a, b, c = jobs
+    # When one frame acks two (one with a stale attempt) and fails one
+    answer = client.ack_batch(acks=[{"job_id": a["job_id"], "attempt": a["attempt"], "result": "A"},
+                                    {"job_id": b["job_id"], "attempt": b["attempt"] + 1}],
+                              fails=[{"job_id": c["job_id"], "attempt": c["attempt"], "error": "no"}])
+    # Then the answers are in order, the stale one refused alone
+    assert answer["acks"][0] == {"ok": {"state": "completed"}}
+    assert answer["acks"][1]["err"]["reason"] == "lease_lost"
+    assert answer["fails"][0]["ok"]["state"] == "retrying"
+    assert [job_state(client, j["job_id"]) for j in jobs] == ["completed", "active", "retrying"]
+    # And a bad item refuses the whole frame, naming it
+    from jobbie.transport.errors import InvalidArgument
+    with pytest.raises(InvalidArgument) as caught:
+        client.ack_batch(acks=[{"job_id": b["job_id"]}, {"job_id": b["job_id"], "bogus": 1}])
+    assert caught.value.field == "acks[1].bogus"
+    assert job_state(client, b["job_id"]) == "active"
+
+
+def test_a_slot_takes_the_next_job_while_the_last_outcome_is_reported(node, client):
+    # Given a worker with one slot and ten short jobs
+    ids = [client.enqueue("quick", {"n": n}) for n in range(10)]
+    seen = []
+    with running(make_worker(node, {"quick": lambda job: seen.append(job.payload["n"])}, concurrency=1)):
+        wait_for(lambda: all(job_state(client, j) == "completed" for j in ids), 20.0, interval=0.05,
+                 message="every job to be completed")
+    # Then every job ran exactly once, one at a time
+    assert sorted(seen) == list(range(10))

@@ -25,6 +25,7 @@ VALID = {
     "enqueue_batch": {"jobs": [{"queue": "q", "payload": 1}]},
     "fetch": {"queues": ["q"], "worker_id": "w1"},
     "ack": {"job_id": "job_1", "agent_status": "hold"},  # hold: its hold_* args are valid too
+    "ack_batch": {"acks": [{"job_id": "job_1"}]},
     "fail": {"job_id": "job_1"},
     "heartbeat": {"worker_id": "w1", "jobs": {}},
     "get_job": {"job_id": "job_1"},
@@ -197,6 +198,10 @@ def all_cases():
     # the maps inside enqueue_batch.jobs are enqueue args (no request_id)
     yield from row_cases("enqueue_batch", ENQUEUE_ARGS, {"queue": "q", "payload": 1},
                          lambda job: {"jobs": [job]}, "jobs[0].")
+    # the maps inside ack_batch.acks and .fails are ack and fail args (no request_id)
+    for name, base in (("ack", VALID["ack"]), ("fail", {"job_id": "job_1"})):
+        rows = tuple(a for a in OPS[name].args if a.name != "request_id")
+        yield from row_cases("ack_batch", rows, base, lambda item, name=name: {f"{name}s": [item]}, f"{name}s[0].")
     # the per-job maps of heartbeat.jobs
     yield from row_cases("heartbeat", ops._HEARTBEAT_JOB, {},
                          lambda entry: {"worker_id": "w1", "jobs": {"job_1": entry}}, "jobs.job_1.")
