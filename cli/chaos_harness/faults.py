@@ -58,12 +58,26 @@ class Step:
         return low + (high - low) * self.length
 
 
+def weighted_kind(u: float) -> str:
+    """The kind that `u` in [0, 1) falls on when [0, 1) is cut in proportion to WEIGHTS."""
+    edge = 0.0
+    for kind, weight in zip(KINDS, WEIGHTS):
+        edge += weight / sum(WEIGHTS)
+        if u < edge:
+            return kind
+    return KINDS[-1]
+
+
 def plan(seed: int, nodes: int):
     """The endless list of steps of `seed` for a cluster of `nodes` (a generator)."""
     rng = random.Random(seed)
     while True:
-        yield Step(gap_s=rng.uniform(1.0, 4.0), kind=rng.choices(KINDS, WEIGHTS)[0], node=rng.randrange(nodes),
-                   actor=rng.choice(ACTORS), length=rng.random(), everywhere=rng.random() < 0.5)
+        # Six uniform draws a step, each mapped onto its range: the stream never shifts, and the
+        # cluster's size changes only which node a step hits.
+        gap, kind, node, actor, length, everywhere = [rng.random() for _ in range(6)]
+        yield Step(gap_s=1.0 + 3.0 * gap, kind=weighted_kind(kind),
+                   node=int(node * nodes), actor=ACTORS[int(actor * len(ACTORS))], length=length,
+                   everywhere=everywhere < 0.5)
 
 
 # ------------------------------------------------------------------ recovery
