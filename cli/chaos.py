@@ -165,7 +165,8 @@ def render_figures(f: dict) -> str:
     skipped = f" ({f['skipped_steps']} drawn steps skipped: nothing to hit)" if f["skipped_steps"] else ""
     recover = f["time_to_recover"]
     if recover["measured"]:
-        recovered = f"median {recover['median_s']:.2f} s, max {recover['max_s']:.2f} s over {recover['measured']} faults"
+        recovered = (f"median {recover['median_s']:.2f} s, max {recover['max_s']:.2f} s "
+                     f"over {recover['measured']} faults")
     else:
         recovered = "no fault measured"
     if recover["unrecovered"]:

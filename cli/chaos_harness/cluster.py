@@ -32,8 +32,7 @@ class ReplicasDiffer(HarnessError):
 
 
 class Cluster:
-    def __init__(self, base_dir, size: int = 3, extra_args=(), node_args: dict | None = None,
-                 node_class=ClusterNode):
+    def __init__(self, base_dir, size: int = 3, extra_args=(), node_args: dict | None = None):
         """`extra_args` go to every node; `node_args` maps a node id to extra args for that node only."""
         self.base_dir = os.path.abspath(str(base_dir))
         raft_ports = [free_port() for _ in range(size)]
@@ -42,7 +41,7 @@ class Cluster:
             node_id = f"n{i + 1}"
             args = list(extra_args) + list((node_args or {}).get(node_id, ()))
             peers = [p for j, p in enumerate(raft_ports) if j != i]
-            self.nodes.append(node_class(os.path.join(self.base_dir, node_id), node_id, raft_ports[i], peers, args))
+            self.nodes.append(ClusterNode(os.path.join(self.base_dir, node_id), node_id, raft_ports[i], peers, args))
         self._clients: list[Client] = []
 
     def __getitem__(self, node_id: str) -> ClusterNode:
