@@ -20,6 +20,7 @@ from .manage import ManageCommands
 from .search import SearchCommands
 from .agents import AgentCommands
 from .budgets import BudgetCommands
+from .chaos import ChaosCommands
 from .tokens import TokenCommands
 from .usage import UsageCommands
 from .worker import WorkerCommands
@@ -44,7 +45,8 @@ class ClusterCli:
         return _run(server, output, "cluster_remove", {"address": str(address)}, lambda r: f"removed {address}")
 
 
-class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands, TokenCommands, WorkerCommands):
+class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands, TokenCommands, WorkerCommands,
+          ChaosCommands):
     """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
 
     Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.

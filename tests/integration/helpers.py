@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 
+from jobbie.cli.chaos_harness.load import get_jobs  # noqa: F401 (pipelined get_job, for the tests)
 from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
 
@@ -106,17 +107,6 @@ def first_answer(endpoint: str, probe_queue: str, started: float, limit: float =
 
 
 # -------------------------------------------------------------------- reading
-def get_jobs(client: Client, job_ids, chunk: int = 200, timeout: float = 10.0) -> dict:
-    """Pipelined get_job for many ids; returns job_id -> raw reply ({"ok": job} or {"err": ...})."""
-    job_ids = list(job_ids)
-    out = {}
-    for i in range(0, len(job_ids), chunk):
-        futures = [(j, client.submit("get_job", {"job_id": j})) for j in job_ids[i:i + chunk]]
-        for j, fut in futures:
-            out[j] = fut.result(timeout=timeout)
-    return out
-
-
 def queue_row(client: Client, name: str) -> dict:
     """The list_queues row of `name` (all counts zero if the queue does not exist)."""
     for row in client.queues():
