@@ -89,6 +89,14 @@ class RecordingClient(Client):
             self.acked.add(job_id)
         return answer
 
+    def ack_batch(self, acks=None, fails=None, **kwargs):
+        # The worker sends the acks of jobs that finish together in one frame: each one the server
+        # answered ok is acknowledged.
+        answer = super().ack_batch(acks, fails, **kwargs)
+        with self.lock:
+            self.acked.update(item["job_id"] for item, result in zip(acks or (), answer["acks"]) if "ok" in result)
+        return answer
+
 
 class Workers:
     """Real Worker instances, each in a thread, with a handler that counts executions."""
