@@ -206,7 +206,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
               repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
               server: str = None, ceiling: bool = True, output: str = "text", json_out: str = None,
               markdown_out: str = None, mirror: str = "true", usage: bool = False, budgets: bool = False,
-              agent: bool = False, http: str = "false", auth: str = "false"):
+              agent: bool = False, http: str = "false", auth: str = "false", curve: str = "false"):
         """Load-test a node over the wire protocol (closed loop); medians of repeated runs, with the ZeroMQ ceiling.
 
         Starts a fresh node (and a bare ROUTER echo for the ceiling) per run unless --server is given.
@@ -234,6 +234,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
           agent: Agent jobs instead of plain ones.
           http: true (the http actor runs, idle), false, or both (on/off pairs).
           auth: true (--auth, every request carries a token), false, or both (on/off pairs).
+          curve: true (--curve, every client speaks CURVE; the ceiling stays plaintext), false, or both
+            (on/off pairs).
         """
         from jobbie.bench.run import main as bench_main
 
@@ -243,7 +245,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                    mirror="both" if str(mirror).lower() == "both" else _flag(mirror), usage=_flag(usage),
                    budgets=_flag(budgets), agent=_flag(agent),
                    http="both" if str(http).lower() == "both" else _flag(http),
-                   auth="both" if str(auth).lower() == "both" else _flag(auth))
+                   auth="both" if str(auth).lower() == "both" else _flag(auth),
+                   curve="both" if str(curve).lower() == "both" else _flag(curve))
 
     def status(self, server: str = None, output: str = "text"):
         """Show the node: raft role, indexes, durability mode, actor processes."""
