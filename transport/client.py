@@ -94,9 +94,12 @@ def handshake_failed(endpoint: str, connect_timeout: float, event: int, value: i
     """The error of a first call whose endpoints answered, but whose handshakes all failed."""
     within = f"no handshake with {endpoint} within {connect_timeout:g} s"
     show = "on the server, jobbie curve show --data-dir DIR prints it"
-    if not curve_on:
+    if not curve_on and event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == MECHANISM_MISMATCH:
         why = (f"{within}: it refuses plaintext; is the server using --curve? set {curve.SERVER_KEY_ENV} to its "
                f"public key ({show})")
+    elif not curve_on:
+        why = (f"{within}: it refused the handshake; is that a jobbie node's --bind port? (is the server using "
+               f"--curve? set {curve.SERVER_KEY_ENV})")
     elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         why = (f"{within}: it refused this client's CURVE key (the server takes only the keys in its "
                f"--curve-clients folder); set {curve.CLIENT_KEY_ENV} to the .key_secret file of a listed key "

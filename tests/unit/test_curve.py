@@ -194,6 +194,7 @@ def test_check_client_folder(tmp_path, pair):
     (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0, True, ["refused the CURVE handshake", "JOBBIE_CURVE_SERVER_KEY"]),
     (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400, True, ["--curve-clients", "JOBBIE_CURVE_CLIENT_KEY"]),
     (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, MECHANISM_MISMATCH, True, ["does not speak CURVE", "unset"]),
+    (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400, False, ["refused the handshake", "--bind port", "JOBBIE_CURVE_SERVER_KEY"]),
 ])
 def test_handshake_failures_say_what_to_do(event, value, curve_on, words):
     error = handshake_failed("tcp://127.0.0.1:7700", 2.0, event, value, curve_on)
