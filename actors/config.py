@@ -51,6 +51,11 @@ class NodeConfig:
     auth: bool = False
     #: With auth, on a first start: {"id", "hash"} of the first admin token (the supervisor prints it).
     bootstrap_token: dict | None = None
+    #: The client port speaks CURVE with the node's key pair (DATA_DIR/curve, made on the first start).
+    curve: bool = False
+    #: With curve: a folder of client public keys (NAME.key); only those clients (and the node's own
+    #: processes) may connect. Empty: any client that knows the node's public key.
+    curve_clients: str = ""
     #: Log level of the supervisor and every actor (debug, info, warning, error).
     log_level: str = "info"
     #: text, or json (one object per line).

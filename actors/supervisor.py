@@ -229,6 +229,9 @@ class Supervisor:
         self.first_token = None
         #: The raft password (given, or made up for a single node); set by prepare().
         self.raft_password = ""
+        #: With --curve: the node's public key, and whether its key pair was made at this start.
+        self.curve_public = None
+        self.curve_created = False
 
     # ----------------------------------------------------------------- set-up
     def prepare(self):
@@ -297,6 +300,7 @@ class Supervisor:
         os.makedirs(cfg.run_dir, mode=0o700, exist_ok=True)
         os.chmod(cfg.run_dir, 0o700)  # sockets and the node config: the owner's only
         os.makedirs(cfg.log_dir, exist_ok=True)
+        self.prepare_curve()
         self.prepare_auth()
         # The raft password reaches the raft actor in its environment, never in a file. A single node
         # gets a fresh random one: it has no peers to share it with, and its raft port (loopback) then
@@ -306,6 +310,42 @@ class Supervisor:
         self.config_path = os.path.join(cfg.run_dir, "node.msgpack")
         cfg.save(self.config_path)
 
+    def prepare_curve(self):
+        """With --curve: the node's key pair (made on the first start), and a usable --curve-clients folder."""
+        cfg = self.config
+        if cfg.curve_clients and not cfg.curve:
+            raise StartupError("--curve-clients lists the clients of a CURVE port: add --curve")
+        if not cfg.curve:
+            if cfg.auth and not _loopback_endpoint(cfg.bind):
+                print(f"jobbie: WARNING: --bind {cfg.bind} can be reached from other machines and this node runs "
+                      "without --curve: tokens and payloads cross the network in the clear", file=sys.stderr,
+                      flush=True)
+            return
+        from .curve import CurveKeyError, check_client_folder, ensure_node_keys
+        try:
+            if cfg.curve_clients:
+                cfg.curve_clients = os.path.abspath(cfg.curve_clients)
+                if check_client_folder(cfg.curve_clients) == 0:
+                    log.warning("--curve-clients %s lists no client key yet: only this node's own processes can "
+                                "connect until a NAME.key file is put there", cfg.curve_clients)
+            self.curve_public, self.curve_created = ensure_node_keys(cfg.data_dir)
+        except CurveKeyError as exc:
+            raise StartupError(str(exc)) from None
+
+    def announce_curve(self):
+        """Print the node's public key and how a client uses it (it is public: printed at every start)."""
+        cfg = self.config
+        from .curve import key_dir
+        made = f"a new key pair is in {key_dir(cfg.data_dir)}" if self.curve_created else \
+            f"key pair in {key_dir(cfg.data_dir)}"
+        key = self.curve_public.decode()
+        who = (f"only the client keys in {cfg.curve_clients} may connect (jobbie curve keygen makes a pair; "
+               "the client sets JOBBIE_CURVE_CLIENT_KEY to its .key_secret file)" if cfg.curve_clients else
+               "any client that has this key may connect" + ("; tokens say what it may do" if cfg.auth else ""))
+        print(f"jobbie: the client port uses CURVE ({made}); the server's public key:\n  {key}\n"
+              f"jobbie: clients connect with  export JOBBIE_CURVE_SERVER_KEY='{key}'  (Python: "
+              f"Client(..., curve_server_key=...)); {who}", file=sys.stderr, flush=True)
+
     def prepare_auth(self):
         """With --auth on a first start: a first admin token, whose hash the gateway proposes (the
         secret stays in this process and is printed once it works). Without --auth: a loud warning
@@ -313,7 +353,8 @@ class Supervisor:
         cfg = self.config
         if not cfg.auth:
             http_host = cfg.http_bind.rpartition(":")[0].strip("[]")
-            open_to = [f"--bind {cfg.bind}"] if not _loopback_endpoint(cfg.bind) else []
+            # (a CURVE port that lists its clients is closed to everyone else)
+            open_to = [f"--bind {cfg.bind}"] if not _loopback_endpoint(cfg.bind) and not cfg.curve_clients else []
             if cfg.http and not http_host.startswith(LOOPBACK):
                 open_to.append(f"--http-bind {cfg.http_bind}")
             if open_to:
@@ -332,10 +373,14 @@ class Supervisor:
         """Print the first admin token once the cluster has it; remember that it was shown."""
         from jobbie.transport.client import Client
         from jobbie.transport.errors import JobbieError, Unauthenticated
+
+        from .curve import node_client_curve
         refused_since = None
         deadline = time.monotonic() + 120.0
+        server_key, pair = node_client_curve(self.config)
+        # The node's own keys on a --curve node, else plaintext whatever this process's environment says.
         with Client(self.config.client_endpoint, timeout=2.0, retry_for=0, connect_timeout=10.0,
-                    token=self.first_token) as client:
+                    token=self.first_token, curve_server_key=server_key or "", curve_client_keys=pair) as client:
             while not self.stopping and time.monotonic() < deadline:
                 try:
                     client.call("list_tokens")
@@ -457,6 +502,8 @@ class Supervisor:
         print(f"jobbie: node {cfg.node_id} serving {cfg.bind} (data {os.path.abspath(cfg.data_dir)}, "
               f"raft {cfg.raft_bind}, durable={'true' if cfg.durable else 'false'}); "
               f"logs in {cfg.log_dir}", file=sys.stderr, flush=True)
+        if cfg.curve:
+            self.announce_curve()
         if cfg.http:
             print(f"jobbie: web UI, JSON API and /metrics at http://{cfg.http_bind}/", file=sys.stderr, flush=True)
         if self.first_token:

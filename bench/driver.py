@@ -19,6 +19,8 @@ from array import array
 import msgpack
 import zmq
 
+from jobbie.transport import curve
+
 #: How long to wait for the answers still in flight when the run ends.
 DRAIN_S = 10.0
 
@@ -34,16 +36,19 @@ class Workload:
         raise NotImplementedError
 
 
-def _run_driver(endpoint, clients, workload, duration_s, start_at, out):
+def _run_driver(endpoint, clients, workload, duration_s, start_at, out, curve_server_key=None):
     ctx = zmq.Context()
     socks = []
     endpoints = [e.strip() for e in endpoint.split(",") if e.strip()]
+    # A node with --curve: each client its own fresh key pair, as the client library makes one.
+    server_keys = curve.server_keys(curve_server_key, len(endpoints)) if curve_server_key else None
     for n, c in enumerate(clients):
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
         # Several nodes (a cluster): spread the clients over them.
+        curve.secure(s, server_keys[n % len(endpoints)] if server_keys else None)
         s.connect(endpoints[n % len(endpoints)])
         socks.append(s)
     poller = zmq.Poller()
@@ -154,12 +159,15 @@ def collect(out, n: int, procs: list, deadline: float, duration_s: float) -> dic
             "duration_s": duration_s}
 
 
-def run(endpoint: str, workload: Workload, concurrency: int, duration_s: float, processes: int | None = None):
-    """Drive `concurrency` clients for `duration_s`; returns merged raw results."""
-    return run_groups(endpoint, [(workload, concurrency)], duration_s, processes)[0]
+def run(endpoint: str, workload: Workload, concurrency: int, duration_s: float, processes: int | None = None,
+        curve_server_key: str | None = None):
+    """Drive `concurrency` clients for `duration_s`; returns merged raw results. With `curve_server_key`
+    (a node started with --curve) every client speaks CURVE."""
+    return run_groups(endpoint, [(workload, concurrency)], duration_s, processes, curve_server_key)[0]
 
 
-def run_groups(endpoint: str, groups: list, duration_s: float, processes: int | None = None) -> list[dict]:
+def run_groups(endpoint: str, groups: list, duration_s: float, processes: int | None = None,
+               curve_server_key: str | None = None) -> list[dict]:
     """Drive several client groups at once (e.g. a flood and a light client); one result per group."""
     ctx = mp.get_context("spawn")
     out_queues, procs = [], []
@@ -170,7 +178,8 @@ def run_groups(endpoint: str, groups: list, duration_s: float, processes: int | 
         members = [list(range(concurrency))[p::n_proc] for p in range(n_proc)]
         members = [m for m in members if m]
         for m in members:
-            procs.append(ctx.Process(target=_run_driver, args=(endpoint, m, workload, duration_s, start_at, out)))
+            procs.append(ctx.Process(target=_run_driver, args=(endpoint, m, workload, duration_s, start_at, out,
+                                                                curve_server_key)))
         out_queues.append((out, len(members)))
     for p in procs:
         p.start()

@@ -11,6 +11,7 @@ import sys
 import time
 
 from jobbie.transport.client import Client
+from jobbie.transport.curve import SERVER_KEY_ENV
 
 from . import scenarios as S
 from .driver import run, run_groups
@@ -110,8 +111,9 @@ def set_budgets(endpoint: str):
 class Bench:
     def __init__(self, duration: float, repeats: int, durable: bool, server: str | None, progress,
                  mirror: bool = True, usage: bool = False, budgets: bool = False, agent: bool = False,
-                 http: bool = False, auth: bool = False):
+                 http: bool = False, auth: bool = False, curve: bool = False):
         self.auth = auth
+        self.curve = curve
         self.http = http
         self.usage = usage
         self.budgets = budgets
@@ -129,6 +131,7 @@ class Bench:
         if self.server:
             class External:
                 endpoint = self.server
+                curve_server_key = os.environ.get(SERVER_KEY_ENV) or None
 
                 def __enter__(s):
                     return s
@@ -136,11 +139,12 @@ class Bench:
                 def __exit__(s, *exc):
                     return None
             return External()
-        return jobbie_node(durable=self.durable, mirror=self.mirror, http=self.http or http, auth=self.auth)
+        return jobbie_node(durable=self.durable, mirror=self.mirror, http=self.http or http, auth=self.auth,
+                           curve=self.curve)
 
     def record(self, scenario: str, concurrency: int, repeat: int, result: dict, **extra):
         rec = {"scenario": scenario, "concurrency": concurrency, "repeat": repeat, **result, **extra,
-               "durable": self.durable, "mirror": self.mirror, "http": self.http, "auth": self.auth, "usage": self.usage, "budgets": self.budgets, "agent": self.agent, "duration_s": self.duration, **self.meta,
+               "durable": self.durable, "mirror": self.mirror, "http": self.http, "auth": self.auth, "curve": self.curve, "usage": self.usage, "budgets": self.budgets, "agent": self.agent, "duration_s": self.duration, **self.meta,
                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.records.append(rec)
         errs = ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())) or "no errors"
@@ -188,9 +192,11 @@ class Bench:
             if name == "http-unary":
                 result = summarize(run_http(node.http_url, concurrency, self.duration))
             elif name == "worker":
-                result = summarize(run_worker(node.endpoint, concurrency, self.duration, work_ms))
+                result = summarize(run_worker(node.endpoint, concurrency, self.duration, work_ms,
+                                              curve_server_key=node.curve_server_key))
             else:
-                result = summarize(run(node.endpoint, workload, concurrency, self.duration))
+                result = summarize(run(node.endpoint, workload, concurrency, self.duration,
+                                       curve_server_key=node.curve_server_key))
             if pids:
                 time.sleep(0.3)  # the mirror writes the run's last changes (it takes them in every 100 ms)
                 result.update(per_op(before, counters(pids), max(1.0, result["ops_per_s"] * self.duration)))
@@ -202,11 +208,13 @@ class Bench:
 
     def fairness(self, repeat: int, flood: int = 100):
         with self._node() as node:
-            alone = summarize(run(node.endpoint, S.Unary(client_key="light", queue="light"), 1, self.duration))
+            alone = summarize(run(node.endpoint, S.Unary(client_key="light", queue="light"), 1, self.duration,
+                                  curve_server_key=node.curve_server_key))
         with self._node() as node:
             flooded, light = (summarize(r) for r in run_groups(
                 node.endpoint, [(S.Unary(client_key="flood", queue="flood"), flood),
-                                (S.Unary(client_key="light", queue="light"), 1)], self.duration))
+                                (S.Unary(client_key="light", queue="light"), 1)], self.duration,
+                curve_server_key=node.curve_server_key))
         ratio = light["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else float("nan")
         self.record("fair-alone", 1, repeat, alone)
         self.record("fair-flood", flood, repeat, flooded)
@@ -223,11 +231,12 @@ def medians(records: list[dict]) -> list[dict]:
         mirror = None if r["scenario"] == "ceiling" else r.get("mirror")
         http = None if r["scenario"] == "ceiling" else bool(r.get("http"))
         auth = None if r["scenario"] == "ceiling" else bool(r.get("auth"))
-        groups.setdefault((r["scenario"], r["concurrency"], mirror, http, auth), []).append(r)
+        curve_on = None if r["scenario"] == "ceiling" else bool(r.get("curve"))
+        groups.setdefault((r["scenario"], r["concurrency"], mirror, http, auth, curve_on), []).append(r)
     out = []
-    for (scenario, concurrency, mirror, http, auth), rs in groups.items():
+    for (scenario, concurrency, mirror, http, auth, curve_on), rs in groups.items():
         row = {"scenario": scenario, "concurrency": concurrency, "mirror": mirror, "http": http, "auth": auth,
-               "runs": len(rs)}
+               "curve": curve_on, "runs": len(rs)}
         for key in ("ops_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "ratio_to_ceiling", "p99_ratio_to_alone",
                     "server_cpu_us_per_op", "csw_per_op", "icsw_per_op"):
             values = [r[key] for r in rs if r.get(key) is not None]
@@ -246,10 +255,10 @@ def medians(records: list[dict]) -> list[dict]:
 
 
 def mirror_cost(rows: list[dict], records: list[dict] = (), toggle: str = "mirror") -> list[dict]:
-    """For each (scenario, clients) measured with the mirror (or `toggle`: the http actor) on and
-    off: on ÷ off of the medians, the on ÷ off of each pair of runs (same repeat, one after the
-    other, so the machine's drift hits both alike) and that actor's share of the node's CPU in the
-    runs with it on."""
+    """For each (scenario, clients) measured with the mirror (or `toggle`: the http actor, auth,
+    curve) on and off: on ÷ off of the medians, the on ÷ off of each pair of runs (same repeat, one
+    after the other, so the machine's drift hits both alike), that actor's share of the node's CPU
+    in the runs with it on, and the node's CPU per op on and off (medians)."""
     by_key = {(r["scenario"], r["concurrency"], bool(r.get(toggle))): r for r in rows if r.get(toggle) is not None}
     out = []
     for (scenario, concurrency, flag), on in by_key.items():
@@ -267,7 +276,9 @@ def mirror_cost(rows: list[dict], records: list[dict] = (), toggle: str = "mirro
                         "off_ops_per_s": off["ops_per_s"], "on_over_off": on["ops_per_s"] / off["ops_per_s"],
                         "on_p99_ms": on["p99_ms"], "off_p99_ms": off["p99_ms"], "pair_ratios": ratios,
                         "pair_median": statistics.median(ratios) if ratios else None,
-                        "mirror_cpu_share": statistics.median(shares) if shares else None})
+                        "mirror_cpu_share": statistics.median(shares) if shares else None,
+                        "on_cpu_us_per_op": on.get("server_cpu_us_per_op"),
+                        "off_cpu_us_per_op": off.get("server_cpu_us_per_op")})
     return out
 
 
@@ -280,6 +291,8 @@ def cost_line(c: dict) -> str:
         line += f"; pairs: median {c['pair_median']:.3f}, {r[0]:.3f}-{r[-1]:.3f} over {len(r)}"
     if c.get("mirror_cpu_share") is not None:
         line += f"; {c.get('toggle', 'mirror')} {c['mirror_cpu_share']:.1%} of the node's CPU"
+    if c.get("on_cpu_us_per_op") is not None and c.get("off_cpu_us_per_op") is not None:
+        line += f"; server CPU {c['on_cpu_us_per_op']:.0f} / {c['off_cpu_us_per_op']:.0f} us/op"
     return line
 
 
@@ -294,7 +307,7 @@ def markdown(rows: list[dict]) -> str:
             ratio = f"p99 {r['p99_ratio_to_alone']:.2f}× alone"
         label = r["scenario"] + (", mirror off" if r.get("mirror") is False else "") + \
             (", http actor on" if r.get("http") and r["scenario"] != "http-unary" else "") + \
-            (", auth on" if r.get("auth") else "")
+            (", auth on" if r.get("auth") else "") + (", curve on" if r.get("curve") else "")
         cpu = f"{r['server_cpu_us_per_op']:.0f}" if r.get("server_cpu_us_per_op") is not None else ""
         csw = (f"{r['csw_per_op']:.2f} + {r['icsw_per_op']:.2f}" if r.get("csw_per_op") is not None else "")
         lines.append(f"| {label} | {r['concurrency']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.2f} | "
@@ -306,7 +319,8 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
          repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
          server: str | None = None, ceiling: bool = True, output: str = "text", json_out: str | None = None,
          markdown_out: str | None = None, mirror: bool | str = True, usage: bool = False,
-         budgets: bool = False, agent: bool = False, http: bool | str = False, auth: bool | str = False):
+         budgets: bool = False, agent: bool = False, http: bool | str = False, auth: bool | str = False,
+         curve: bool | str = False):
     """Load-test a jobbie node over the wire protocol (closed loop) and report medians.
 
     Args:
@@ -326,6 +340,9 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
         run twice, http actor on and off, alternating, and an on/off line per scenario.
       auth: Start the node with --auth and send its first admin token with every request. "both": every
         run twice, auth on and off, alternating, and an on/off line per scenario.
+      curve: Start the node with --curve (every client speaks CURVE to it; the ceiling stays plaintext, so
+        its ratio shows what CURVE costs). "both": every run twice, curve on and off, alternating, and an
+        on/off line per scenario.
       usage: Every ack of the lifecycle scenario carries a usage map (tokens, model, cost), so runs with
         and without it show what usage accounting costs.
       budgets: Set two budgets that match every job (and never run out) before each run, so runs with and
@@ -345,17 +362,19 @@ def main(scenarios: str = "unary,batch,lifecycle", concurrency: str = "10", dura
                          f"pick from {', '.join(SCENARIOS)}")
     levels = [int(c) for c in str(concurrency).split(",") if str(c).strip()]
     quiet = output == "json"
-    if [mirror, http, auth].count("both") > 1:
-        raise SystemExit("jobbie bench: compare one thing at a time: --mirror, --http or --auth both, not two")
-    toggle = "http" if http == "both" else "auth" if auth == "both" else "mirror"
-    settings = {"mirror": mirror, "http": http, "auth": auth}
+    if [mirror, http, auth, curve].count("both") > 1:
+        raise SystemExit("jobbie bench: compare one thing at a time: --mirror, --http, --auth or --curve both, "
+                         "not two")
+    settings = {"mirror": mirror, "http": http, "auth": auth, "curve": curve}
+    toggle = next((name for name, value in settings.items() if value == "both"), "mirror")
     modes = [True, False] if "both" in settings.values() else [bool(settings[toggle])]
     bench = Bench(float(duration), int(repeats), bool(durable), server,
                   progress=(lambda line: print(line, file=sys.stderr, flush=True)),
                   mirror=modes[0] if toggle == "mirror" else bool(mirror),
                   usage=bool(usage), budgets=bool(budgets), agent=bool(agent),
                   http=modes[0] if toggle == "http" else bool(http),
-                  auth=modes[0] if toggle == "auth" else bool(auth))
+                  auth=modes[0] if toggle == "auth" else bool(auth),
+                  curve=modes[0] if toggle == "curve" else bool(curve))
     total = len(levels) * int(repeats)
     for repeat in range(int(repeats)):
         for c in levels:

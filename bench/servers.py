@@ -12,6 +12,7 @@ import time
 
 from jobbie.actors.supervisor import free_port
 from jobbie.transport.client import Client
+from jobbie.transport.curve import SERVER_KEY_ENV
 from jobbie.transport.errors import JobbieError
 
 
@@ -48,10 +49,12 @@ class Spawned:
 
 
 def jobbie_node(durable: bool = False, mirror: bool = True, timeout: float = 30.0, http: bool = False,
-                auth: bool = False) -> Spawned:
+                auth: bool = False, curve: bool = False) -> Spawned:
     """A fresh node; with `http` its http actor listens on a free port (`node.http_url`); with `auth`
     it runs with --auth, and its first admin token is put in JOBBIE_TOKEN of this process (which the
-    bench's clients and driver processes read)."""
+    bench's clients and driver processes read); with `curve` it runs with --curve, and the public key
+    it prints is `node.curve_server_key` and JOBBIE_CURVE_SERVER_KEY of this process (which the
+    bench's clients read; the driver is handed it)."""
     data_dir = tempfile.mkdtemp(prefix="jobbie-bench-")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     http_port = free_port() if http else None
@@ -64,22 +67,37 @@ def jobbie_node(durable: bool = False, mirror: bool = True, timeout: float = 30.
         argv.append("--mirror=false")
     if auth:
         argv.append("--auth")
+    if curve:
+        argv.append("--curve")
     os.environ.pop("JOBBIE_TOKEN", None)
+    os.environ.pop(SERVER_KEY_ENV, None)
     node = Spawned(argv, endpoint, cleanup_dir=data_dir)
+    node.curve_server_key = None
+    if curve:
+        node.curve_server_key = printed(node, CURVE_KEY_LINE, timeout, "the --curve node printed no public key")
+        os.environ[SERVER_KEY_ENV] = node.curve_server_key
     if auth:
-        deadline = time.monotonic() + timeout
-        while "JOBBIE_TOKEN" not in os.environ:
-            found = re.findall(r"^\s+(tok_\S+\.\S+)\s*$", node.output(), re.M)
-            if found:
-                os.environ["JOBBIE_TOKEN"] = found[-1]
-            elif time.monotonic() > deadline or node.proc.poll() is not None:
-                node.stop()
-                raise RuntimeError(f"the --auth node printed no first token: {node.output()}")
-            else:
-                time.sleep(0.05)
+        os.environ["JOBBIE_TOKEN"] = printed(node, TOKEN_LINE, timeout, "the --auth node printed no first token")
     node.http_url = f"http://127.0.0.1:{http_port}" if http else None
     wait_ready(node, timeout)
     return node
+
+
+TOKEN_LINE = re.compile(r"^\s+(tok_\S+\.\S+)\s*$", re.M)
+CURVE_KEY_LINE = re.compile(r"the server's public key:\n\s+(\S{40})\n")
+
+
+def printed(node: Spawned, pattern: re.Pattern, timeout: float, failure: str) -> str:
+    """What the node printed that `pattern` finds (its last match), waiting up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = pattern.findall(node.output())
+        if found:
+            return found[-1]
+        if time.monotonic() > deadline or node.proc.poll() is not None:
+            node.stop()
+            raise RuntimeError(f"{failure}: {node.output()}")
+        time.sleep(0.05)
 
 
 def wait_ready(node: Spawned, timeout: float):

@@ -17,9 +17,10 @@ from .driver import DRAIN_S, collect
 from .scenarios import QUEUE
 
 
-def _run_worker(endpoint, concurrency, duration_s, start_at, out, work_ms):
+def _run_worker(endpoint, concurrency, duration_s, start_at, out, work_ms, curve_server_key):
     import logging
 
+    from jobbie.transport.client import Client
     from jobbie.transport.worker import Worker
 
     logging.getLogger("jobbie.worker").setLevel(logging.ERROR)
@@ -42,7 +43,8 @@ def _run_worker(endpoint, concurrency, duration_s, start_at, out, work_ms):
             time.sleep(work_ms / 1000.0)
         return None
 
-    worker = Timed({QUEUE: handler}, server=endpoint, concurrency=concurrency, lease_ms=60_000, wait_ms=200,
+    client = Client(endpoint, curve_server_key=curve_server_key)
+    worker = Timed({QUEUE: handler}, client=client, concurrency=concurrency, lease_ms=60_000, wait_ms=200,
                    drain_timeout=DRAIN_S, worker_id="bench-worker")
     while time.time() < start_at:
         time.sleep(0.001)
@@ -50,15 +52,18 @@ def _run_worker(endpoint, concurrency, duration_s, start_at, out, work_ms):
     window["end"] = window["start"] + duration_s
     threading.Timer(duration_s, worker.stop).start()
     worker.run()
+    client.close()
     out.put({"latencies": latencies.tobytes(), "errors": {}, "units": counts[0], "requests": counts[0],
              "hung": 0})
 
 
-def run_worker(endpoint: str, concurrency: int, duration_s: float, work_ms: float = 0.0) -> dict:
+def run_worker(endpoint: str, concurrency: int, duration_s: float, work_ms: float = 0.0,
+               curve_server_key: str | None = None) -> dict:
     """One Worker process with `concurrency` slots for `duration_s`; merged raw results."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_run_worker, args=(endpoint, concurrency, duration_s, time.time() + 1.5, out, work_ms))
+    proc = ctx.Process(target=_run_worker, args=(endpoint, concurrency, duration_s, time.time() + 1.5, out, work_ms,
+                                                 curve_server_key))
     proc.start()
     result = collect(out, 1, [proc], time.monotonic() + duration_s + DRAIN_S + 60, duration_s)
     proc.join(timeout=10)

@@ -86,18 +86,18 @@ def _print(output, result, to_text):
 
 def _fail_with(exc: JobbieError, server=None):
     """One line for a refused or failed call, naming the field and the server."""
-    if exc.reason == "unreachable":
+    if exc.reason in ("unreachable", "handshake_failed"):
         _fail(exc.message)  # it names the address and the hint itself
     field = f" (field {exc.field})" if exc.field else ""
     _fail(f"{exc.code}: {exc.message}{field} [server {server_endpoint(server)}]")
 
 
 def _client(server=None, **kwargs) -> Client:
-    """A Client for a CLI command; a malformed --server is one line and exit code 2."""
+    """A Client for a CLI command; a malformed --server (or CURVE key) is one line and exit code 2."""
     try:
         return Client(server, **kwargs)
     except JobbieError as exc:
-        _fail(f"--server: {exc.message}", 2)
+        _fail(exc.message if exc.reason == "invalid_key" else f"--server: {exc.message}", 2)
 
 
 def _json_default(value):

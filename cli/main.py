@@ -21,6 +21,7 @@ from .search import SearchCommands
 from .agents import AgentCommands
 from .budgets import BudgetCommands
 from .chaos import ChaosCommands
+from .curve import CurveCommands
 from .tokens import TokenCommands
 from .usage import UsageCommands
 from .worker import WorkerCommands
@@ -45,8 +46,8 @@ class ClusterCli:
         return _run(server, output, "cluster_remove", {"address": str(address)}, lambda r: f"removed {address}")
 
 
-class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands, TokenCommands, WorkerCommands,
-          ChaosCommands):
+class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCommands, TokenCommands, CurveCommands,
+          WorkerCommands, ChaosCommands):
     """jobbie: a replicated job queue. Start a node with `jobbie server`; every other command talks to one.
 
     Common flags: --server ENDPOINT (default $JOBBIE_SERVER or tcp://127.0.0.1:7700), --output text|json.
@@ -60,7 +61,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                raft_password: str = None, bootstrap: bool = False, rejoin: bool = False, mirror: bool = True,
                completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000,
                usage: bool = True, http: bool = True, http_bind: str = "127.0.0.1:7780", log_level: str = "info",
-               log_format: str = "text", auth: bool = False, disk_free_min_mb: int = 128, config: str = None):
+               log_format: str = "text", auth: bool = False, disk_free_min_mb: int = 128, curve: bool = False,
+               curve_clients: str = None, config: str = None):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Every flag can also come from a JOBBIE_* variable (--http-bind: JOBBIE_HTTP_BIND) or a key of the
@@ -90,6 +92,12 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
           http_bind: HOST:PORT of the JSON API, web UI and /metrics (default 127.0.0.1:7780).
           auth: Every request needs an API token whose role covers its op (health excepted); the first start
             prints the first admin token once. See docs/security.md.
+          curve: Encrypt and authenticate the client port (--bind) with ZeroMQ CURVE. The first start makes the
+            node's key pair in DATA_DIR/curve and every start prints its public key; clients need it
+            (JOBBIE_CURVE_SERVER_KEY; jobbie curve show prints it again). See docs/security.md.
+          curve_clients: With --curve: a folder of client public keys (NAME.key files from jobbie curve keygen);
+            only those clients may connect (files added or removed count from the next connection). Default:
+            any client that knows the server's public key.
           disk_free_min_mb: Free space (MiB) the data dir's disk keeps for the node: under it, writes are
             refused (RESOURCE_EXHAUSTED / disk_full) until space is freed; reads and deletes go on. Default 128.
           log_level: debug, info (default), warning or error: the supervisor's and every actor's logs.
@@ -122,7 +130,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                             raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
                             mirror=_flag(mirror), usage=_flag(usage), http=_flag(http), http_bind=str(http_bind),
                             log_level=str(log_level).lower(), log_format=str(log_format).lower(), auth=_flag(auth),
-                            disk_free_min_mb=max(0, int(disk_free_min_mb)))
+                            disk_free_min_mb=max(0, int(disk_free_min_mb)), curve=_flag(curve),
+                            curve_clients=str(curve_clients) if curve_clients else "")
         sys.exit(run_server(config, bootstrap=_flag(bootstrap), rejoin=_flag(rejoin)))
 
     def enqueue(self, queue: str, payload: str = "null", priority: str = "normal", delay: str = None,
@@ -198,7 +207,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
               repeats: int = 3, batch_size: int = 1000, work_ms: float = 0.0, durable: bool = False,
               server: str = None, ceiling: bool = True, output: str = "text", json_out: str = None,
               markdown_out: str = None, mirror: str = "true", usage: bool = False, budgets: bool = False,
-              agent: bool = False, http: str = "false", auth: str = "false"):
+              agent: bool = False, http: str = "false", auth: str = "false", curve: str = "false"):
         """Load-test a node over the wire protocol (closed loop); medians of repeated runs, with the ZeroMQ ceiling.
 
         Starts a fresh node (and a bare ROUTER echo for the ceiling) per run unless --server is given.
@@ -226,6 +235,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
           agent: Agent jobs instead of plain ones.
           http: true (the http actor runs, idle), false, or both (on/off pairs).
           auth: true (--auth, every request carries a token), false, or both (on/off pairs).
+          curve: true (--curve, every client speaks CURVE; the ceiling stays plaintext), false, or both
+            (on/off pairs).
         """
         from jobbie.bench.run import main as bench_main
 
@@ -235,7 +246,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                    mirror="both" if str(mirror).lower() == "both" else _flag(mirror), usage=_flag(usage),
                    budgets=_flag(budgets), agent=_flag(agent),
                    http="both" if str(http).lower() == "both" else _flag(http),
-                   auth="both" if str(auth).lower() == "both" else _flag(auth))
+                   auth="both" if str(auth).lower() == "both" else _flag(auth),
+                   curve="both" if str(curve).lower() == "both" else _flag(curve))
 
     def status(self, server: str = None, output: str = "text"):
         """Show the node: raft role, indexes, durability mode, actor processes."""
@@ -358,6 +370,8 @@ def check_flags(argv: list[str]):
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The boolean flags of `jobbie server`, which fire also takes as --noNAME.
+SERVER_SWITCHES = ("durable", "mirror", "usage", "http", "bootstrap", "rejoin", "auth", "curve")
 
 
 def server_settings(argv: list[str]) -> list[str]:
@@ -368,9 +382,7 @@ def server_settings(argv: list[str]) -> list[str]:
         name, eq, value = argv[i].removeprefix("--").partition("=")
         if argv[i].startswith("--"):
             key = name.replace("-", "_")
-            given.add(key.removeprefix("no") if key.startswith("no") and key[2:] in ("durable", "mirror", "usage",
-                                                                                     "http", "bootstrap", "rejoin")
-                      else key)
+            given.add(key.removeprefix("no") if key.startswith("no") and key[2:] in SERVER_SWITCHES else key)
             if key == "config":
                 config = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
         i += 1

@@ -93,5 +93,5 @@ class WorkerCommands:
         except ValueError as exc:
             _fail(f"worker: {exc}", 2)
         except JobbieError as exc:
-            _fail(f"--server: {exc.message}", 2)
+            _fail(exc.message if exc.reason == "invalid_key" else f"--server: {exc.message}", 2)
         worker.run()

@@ -11,7 +11,9 @@ their requests by id, so any number of coroutines may have requests in flight at
 are those of `Client`: writes get a `request_id`, UNAVAILABLE and RESOURCE_EXHAUSTED answers (and
 time-outs) are retried with it for up to `retry_for` seconds after `retry_after_ms`, and with
 nothing listening at the address the first call fails within `connect_timeout` (2 s) with
-UNAVAILABLE / `unreachable` and the "start one with: jobbie server" hint.
+UNAVAILABLE / `unreachable` and the "start one with: jobbie server" hint. CURVE (`curve_server_key`,
+`curve_client_keys`, JOBBIE_CURVE_SERVER_KEY) is as for `Client`, and so is the UNAVAILABLE /
+`handshake_failed` of endpoints that answer but complete no handshake.
 
 A client belongs to the event loop it was first used in.
 """
@@ -24,7 +26,9 @@ import os
 import zmq
 import zmq.asyncio
 
-from .client import begin_call, check_endpoints, deliver_reply, request_frame, retry_pause, server_endpoint, unreachable
+from . import curve
+from .client import (HANDSHAKE_EVENTS, begin_call, check_endpoints, deliver_reply, handshake_event, handshake_failed,
+                     request_frame, retry_pause, server_endpoint, unreachable)
 from .errors import Unavailable
 from .methods import SLEEP, Methods
 
@@ -37,9 +41,14 @@ class AsyncClient(Methods):
     """
 
     def __init__(self, server: str | None = None, timeout: float = 10.0, retry_for: float = 30.0,
-                 client_key: str | None = None, connect_timeout: float = 2.0, token: str | None = None):
+                 client_key: str | None = None, connect_timeout: float = 2.0, token: str | None = None,
+                 curve_server_key: str | bytes | None = None, curve_client_keys=None):
         self.endpoint = server_endpoint(server)
         self._endpoints = check_endpoints(self.endpoint)
+        # CURVE: the server key per endpoint and this client's key pair, or None (see Client).
+        self._curve_keys, self._curve_pair = curve.client_settings(curve_server_key, curve_client_keys,
+                                                                   len(self._endpoints))
+        self._handshake_failure: tuple[int, int] | None = None
         self.timeout = timeout
         self.retry_for = retry_for
         self.client_key = client_key
@@ -66,10 +75,11 @@ class AsyncClient(Methods):
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
         if len(self._endpoints) > 1:
             sock.setsockopt(zmq.IMMEDIATE, 1)  # round-robin over the connected nodes only
-        for endpoint in self._endpoints:
+        for i, endpoint in enumerate(self._endpoints):
+            curve.secure(sock, self._curve_keys[i] if self._curve_keys else None, self._curve_pair)
             sock.connect(endpoint)
         self._sock, self._monitor = sock, monitor
         self._connected = asyncio.Event()
@@ -82,8 +92,12 @@ class AsyncClient(Methods):
             deliver_reply(self._futures, frame)
 
     async def _watch(self):
-        await self._monitor.recv_multipart()  # the first completed handshake is all that is needed
-        self._connected.set()
+        while True:  # until the first completed handshake: that is all that is needed
+            event, value = handshake_event(await self._monitor.recv_multipart())
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected.set()
+                return
+            self._handshake_failure = (event, value)
 
     # --------------------------------------------------------------- requests
     async def submit(self, op: str, args: dict | None = None) -> asyncio.Future:
@@ -104,6 +118,9 @@ class AsyncClient(Methods):
             try:
                 await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
             except asyncio.TimeoutError:
+                if self._handshake_failure is not None:
+                    raise handshake_failed(self.endpoint, self.connect_timeout, *self._handshake_failure,
+                                           curve_on=self._curve_keys is not None) from None
                 raise unreachable(self.endpoint, self.connect_timeout) from None
         spec, give_up, wait = begin_call(op, args, self.timeout, self.retry_for)
         pause = 0.05

@@ -13,6 +13,12 @@ A client that has never reached any of its endpoints fails its first call
 after `connect_timeout` (2 s) with UNAVAILABLE / `unreachable` and a hint,
 instead of retrying for `retry_for` against an address where nothing listens.
 Once connected, a node that goes away is ridden through by the retries.
+
+With `curve_server_key` (or JOBBIE_CURVE_SERVER_KEY) the socket speaks CURVE to a node started
+with --curve (see transport/curve.py). Where the endpoints answer but no handshake completes (a
+plaintext client and a --curve node, or the reverse, a wrong server key, a client key the node
+does not list), the first call fails after `connect_timeout` with UNAVAILABLE /
+`handshake_failed`, and the message says which it looks like.
 """
 from __future__ import annotations
 
@@ -27,7 +33,9 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 
 import zmq
 
-from . import codec
+from zmq.utils.monitor import parse_monitor_message
+
+from . import codec, curve
 from .errors import RETRYABLE, InvalidArgument, Unavailable, from_wire
 from .methods import SLEEP, Methods, _given  # noqa: F401 (_given: kept importable from here)
 from .ops import OPS, Limits, validate
@@ -67,6 +75,42 @@ def unreachable(endpoint: str, connect_timeout: float) -> Unavailable:
     return Unavailable(f"nothing answers at {endpoint} (no connection within {connect_timeout:g} s); start one "
                        "with: jobbie server, or point --server / JOBBIE_SERVER at a running node",
                        reason="unreachable")
+
+
+#: Connection events a client watches: the end of each handshake, whichever way it went.
+HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+#: The handshake-failed value of a peer that speaks another security mechanism (CURVE against plaintext).
+MECHANISM_MISMATCH = getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002)
+
+
+def handshake_event(frames: list) -> tuple[int, int]:
+    """(event, value) of one message of a socket's monitor."""
+    event = parse_monitor_message(frames)
+    return int(event["event"]), int(event["value"])
+
+
+def handshake_failed(endpoint: str, connect_timeout: float, event: int, value: int, curve_on: bool) -> Unavailable:
+    """The error of a first call whose endpoints answered, but whose handshakes all failed."""
+    within = f"no handshake with {endpoint} within {connect_timeout:g} s"
+    show = "on the server, jobbie curve show --data-dir DIR prints it"
+    if not curve_on and event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == MECHANISM_MISMATCH:
+        why = (f"{within}: it refuses plaintext; is the server using --curve? set {curve.SERVER_KEY_ENV} to its "
+               f"public key ({show})")
+    elif not curve_on:
+        why = (f"{within}: it refused the handshake; is that a jobbie node's --bind port? (is the server using "
+               f"--curve? set {curve.SERVER_KEY_ENV})")
+    elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        why = (f"{within}: it refused this client's CURVE key (the server takes only the keys in its "
+               f"--curve-clients folder); set {curve.CLIENT_KEY_ENV} to the .key_secret file of a listed key "
+               "(jobbie curve keygen makes a pair; its .key file goes in that folder)")
+    elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == MECHANISM_MISMATCH:
+        why = (f"{within}: it does not speak CURVE; is the server using --curve? if not, unset "
+               f"{curve.SERVER_KEY_ENV} (or pass curve_server_key=\"\")")
+    else:
+        why = (f"{within}: it refused the CURVE handshake; is {curve.SERVER_KEY_ENV} the server's public key "
+               f"({show}), and is the server using --curve?")
+    return Unavailable(why, reason="handshake_failed")
 
 
 def request_frame(req_id: int, op: str, args: dict | None, client_key: str | None, token: str | None) -> bytes:
@@ -138,12 +182,21 @@ class Client(Methods):
     """
 
     def __init__(self, server: str | None = None, timeout: float = 10.0, retry_for: float = 30.0,
-                 client_key: str | None = None, connect_timeout: float = 2.0, token: str | None = None):
+                 client_key: str | None = None, connect_timeout: float = 2.0, token: str | None = None,
+                 curve_server_key: str | bytes | None = None, curve_client_keys=None):
         self.endpoint = server_endpoint(server)
         self._endpoints = check_endpoints(self.endpoint)
+        #: CURVE (a node started with --curve): the server's public key (default $JOBBIE_CURVE_SERVER_KEY;
+        #: one for every endpoint or one per endpoint, comma-separated; "" for plaintext whatever the
+        #: environment says), and this client's key pair for a node that lists its clients: (public,
+        #: secret) or the path of a .key_secret file (default $JOBBIE_CURVE_CLIENT_KEY).
+        self._curve_keys, self._curve_pair = curve.client_settings(curve_server_key, curve_client_keys,
+                                                                   len(self._endpoints))
         self.connect_timeout = connect_timeout
         #: Set once a connection to any endpoint has completed its handshake (or a reply came).
         self._connected = threading.Event()
+        #: (event, value) of the last failed handshake, while none has succeeded.
+        self._handshake_failure: tuple[int, int] | None = None
         self.timeout = timeout
         self.retry_for = retry_for
         self.client_key = client_key
@@ -170,12 +223,13 @@ class Client(Methods):
         endpoints = self._endpoints
         # Connection events only (a handful per connection), to tell "nothing listens there" apart
         # from "slow to answer" on the first call.
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
         if len(endpoints) > 1:
             # Several nodes: requests go round-robin to the connected ones only,
             # so a dead node's share is not queued for it (retries reach the others).
             sock.setsockopt(zmq.IMMEDIATE, 1)
-        for endpoint in endpoints:
+        for i, endpoint in enumerate(endpoints):
+            curve.secure(sock, self._curve_keys[i] if self._curve_keys else None, self._curve_pair)
             sock.connect(endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -187,10 +241,13 @@ class Client(Methods):
                     if fd_or_sock is monitor:
                         while True:
                             try:
-                                monitor.recv_multipart(zmq.NOBLOCK)
+                                event, value = handshake_event(monitor.recv_multipart(zmq.NOBLOCK))
                             except zmq.Again:
                                 break
-                            self._connected.set()
+                            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                                self._connected.set()
+                            else:
+                                self._handshake_failure = (event, value)
                     elif fd_or_sock is sock:
                         while True:
                             try:
@@ -245,6 +302,9 @@ class Client(Methods):
             JobbieError: the server's answer (typed by code), or Unavailable after `retry_for`.
         """
         if not self._connected.is_set() and not self._connected.wait(self.connect_timeout):
+            if self._handshake_failure is not None:
+                raise handshake_failed(self.endpoint, self.connect_timeout, *self._handshake_failure,
+                                       curve_on=self._curve_keys is not None)
             raise unreachable(self.endpoint, self.connect_timeout)
         spec, give_up, wait = begin_call(op, args, self.timeout, self.retry_for)
         pause = 0.05

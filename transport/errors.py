@@ -91,6 +91,9 @@ REASONS: dict[str, tuple[str, str]] = {
     # --- arguments
     "invalid_name": ("INVALID_ARGUMENT", "A queue name, id, `client` key, raft address or heartbeat job key breaks "
                      "its pattern."),
+    "invalid_key": ("INVALID_ARGUMENT", "Made by the Python client: a CURVE key (`curve_server_key`, "
+                    "`curve_client_keys`, `JOBBIE_CURVE_SERVER_KEY`, `JOBBIE_CURVE_CLIENT_KEY`) that is neither 40 Z85 "
+                    "characters nor a readable key file. Never sent by the server."),
     "invalid_choice": ("INVALID_ARGUMENT", "A string outside its list of choices (e.g. `priority`)."),
     "out_of_range": ("INVALID_ARGUMENT", "A number outside its bounds, NaN or infinity, `run_at` more than 10 years "
                      "ahead, `backoff.max_ms` < `backoff.base_ms`, an empty or too long `queues` list."),
@@ -144,6 +147,10 @@ REASONS: dict[str, tuple[str, str]] = {
     "closed": ("UNAVAILABLE", "Made by the Python client after `close()`; never sent by the server."),
     "unreachable": ("UNAVAILABLE", "Made by the Python client when it has never reached any of its endpoints "
                     "within its connect time-out (2 s): nothing listens there. Never sent by the server."),
+    "handshake_failed": ("UNAVAILABLE", "Made by the Python client when its endpoints answer but no ZeroMQ handshake "
+                         "completes within its connect time-out (2 s): a plaintext client and a node started with "
+                         "`--curve` (or the reverse), a wrong server key, or a client key the node does not list. "
+                         "Never sent by the server."),
     "starting": ("UNAVAILABLE", "A read (`get_job`, `list_queues`) before the node has created its store."),
     "store_unavailable": ("UNAVAILABLE", "A read hit an LMDB error; the store is reopened on the next read."),
     "mirror_disabled": ("UNAVAILABLE", "A search or bulk op on a node started with `--mirror=false`."),

@@ -329,7 +329,8 @@ class Worker:
     def __init__(self, handlers: dict, server: str | None = None, client: Client | None = None,
                  concurrency: int = 4, lease_ms: int = 30_000, heartbeat_ms: int | None = None,
                  wait_ms: int = 2000, drain_timeout: float = 30.0, worker_id: str | None = None,
-                 leases: dict | None = None, timeouts: dict | None = None):
+                 leases: dict | None = None, timeouts: dict | None = None,
+                 curve_server_key: str | bytes | None = None, curve_client_keys=None):
         if not handlers:
             raise ValueError("a worker needs at least one handler: {queue: function}")
         self.handlers = dict(handlers)
@@ -337,7 +338,9 @@ class Worker:
         self.leases = {q: ms for q, ms in (leases or {}).items() if q in self.handlers and ms}
         #: Seconds a handler of a queue may run ({queue: seconds}); a job's own timeout_ms wins.
         self.timeouts = {q: t for q, t in (timeouts or {}).items() if q in self.handlers and t}
-        self.client = client or Client(server)
+        # CURVE (a node started with --curve): as for Client, from JOBBIE_CURVE_SERVER_KEY and
+        # JOBBIE_CURVE_CLIENT_KEY unless given.
+        self.client = client or Client(server, curve_server_key=curve_server_key, curve_client_keys=curve_client_keys)
         self._own_client = client is None
         self.concurrency = concurrency
         self.lease_ms = lease_ms

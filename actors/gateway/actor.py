@@ -1,7 +1,7 @@
 """The gateway actor process: the client-facing ROUTER socket.
 
 Sockets (all owned by the pump thread): `clients` ROUTER (tcp, the protocol
-endpoint), `in` PULL (results from raft, refusals from admission, answers and
+endpoint; a CURVE server with --curve, see actors/curve.py), `in` PULL (results from raft, refusals from admission, answers and
 status from the mirror), `status` SUB (raft and supervisor reports),
 `admission` PUSH, `mirror` PUSH (search and bulk requests). LMDB is opened
 read-only for point reads, and reopened if the writer replaces it.
@@ -26,6 +26,7 @@ from jobbie.transport.errors import Unavailable
 from jobbie.transport.ids import IdGenerator
 from jobbie.transport.pump import Inbox, PumpActor, serve_process, socket
 
+from ..curve import serve_curve
 from .auth import Auth
 from .core import GatewayCore
 
@@ -89,6 +90,8 @@ class GatewayActor(PumpActor):
             make_secret=lambda: secrets.token_urlsafe(32))
         if config.auth:
             self.core.auth = Auth(self.core.reader.token)
+        #: With --curve-clients: the ZAP handler checking client keys (stopped with the actor).
+        self.authenticator = None
 
     def open_sockets(self, ctx):
         cfg = self.config
@@ -97,8 +100,13 @@ class GatewayActor(PumpActor):
         # so a pipeline nobody reads cannot grow the gateway's memory without bound.
         clients = socket(ctx, zmq.ROUTER, maxmsgsize=FRAME_CUT_BYTES, hwm=max(1000, cfg.inflight_per_client_max))
         clients.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if cfg.curve:
+            # Before the bind: a connection takes the socket's security options when it is accepted.
+            self.authenticator = serve_curve(ctx, clients, cfg)
         clients.bind(cfg.bind)
-        log.info("gateway %s serving %s", cfg.node_id, cfg.bind)
+        log.info("gateway %s serving %s%s", cfg.node_id, cfg.bind,
+                 "" if not cfg.curve else " with CURVE" + (f" (clients of {cfg.curve_clients} only)"
+                                                          if cfg.curve_clients else ""))
         return {
             "clients": clients,
             "in": socket(ctx, zmq.PULL, bind=cfg.endpoint("gateway")),
@@ -139,6 +147,12 @@ class GatewayActor(PumpActor):
         for request in self.core.take_usage():
             out.append(("usage", [codec.encode(request)]))
         return out
+
+    def on_stop(self):
+        super().on_stop()
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
 
     def begin_stop(self) -> list:
         # Stop taking requests; answer parked long-polls now and writes as their results come.

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from jobbie.actors.config import NodeConfig
+from jobbie.actors.curve import node_client_curve
 
 from . import metrics
 from .api import Api, bearer
@@ -99,7 +100,7 @@ def build_app(link: GatewayLink) -> Starlette:
 
 def run(config: NodeConfig):
     host, _, port = config.http_bind.rpartition(":")
-    link = GatewayLink(config.client_endpoint, config.write_timeout_ms / 1000.0)
+    link = GatewayLink(config.client_endpoint, config.write_timeout_ms / 1000.0, *node_client_curve(config))
     app = Timing(build_app(link))
     server = uvicorn.Server(uvicorn.Config(app, host=host.strip("[]"), port=int(port), log_level="warning",
                                            log_config=None, access_log=False, lifespan="on", server_header=False,

@@ -3,7 +3,8 @@
 Requests from every HTTP connection share the socket; replies are matched to their
 request by id. There is no retry here: an UNAVAILABLE or RESOURCE_EXHAUSTED answer goes
 back to the HTTP caller as 503 / 429 with Retry-After, and the caller decides (a write
-retried with the same `request_id` is applied at most once, as over ZeroMQ).
+retried with the same `request_id` is applied at most once, as over ZeroMQ). On a node with
+--curve the socket speaks CURVE with the node's own keys (actors/curve.py).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import zmq
 import zmq.asyncio
 
 from jobbie.actors.gateway.core import MIRROR_TIMEOUT_S
-from jobbie.transport import codec
+from jobbie.transport import codec, curve
 from jobbie.transport.client import deliver_reply
 from jobbie.transport.ops import OPS
 
@@ -23,7 +24,8 @@ SLACK_S = 5.0
 
 
 class GatewayLink:
-    def __init__(self, endpoint: str, write_timeout_s: float = 5.0):
+    def __init__(self, endpoint: str, write_timeout_s: float = 5.0, curve_server_key: bytes | None = None,
+                 curve_pair: tuple[bytes, bytes] | None = None):
         self.endpoint = endpoint
         self.write_timeout_s = write_timeout_s
         self.ctx = zmq.asyncio.Context()
@@ -33,6 +35,7 @@ class GatewayLink:
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        curve.secure(self.sock, curve_server_key, curve_pair)
         self.sock.connect(endpoint)
         self.ids = itertools.count(1)
         self.waiting: dict[int, asyncio.Future] = {}

@@ -43,6 +43,10 @@ class Node:
         self.proc: subprocess.Popen | None = None
         self.known_pids: set[int] = set()
         self._clients: list[Client] = []
+        #: Extra Client arguments for this node (e.g. the CURVE server key of a --curve node).
+        self.client_options: dict = {}
+        #: The server's environment (None: this process's).
+        self.env: dict | None = None
         self.log_path = os.path.join(self.data_dir + "-supervisor.log")
 
     # ------------------------------------------------------------ processes
@@ -52,13 +56,13 @@ class Node:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobbie.cli.main", "server", "--data-dir", self.data_dir,
              "--bind", self.endpoint, *self.extra_args],
-            stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, start_new_session=True)
+            stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 15.0):
-        probe = Client(self.endpoint, timeout=0.5, retry_for=0)
+        probe = Client(self.endpoint, timeout=0.5, retry_for=0, **self.client_options)
 
         def ready():
             if self.proc.poll() is not None:
@@ -82,7 +86,7 @@ class Node:
                 self.known_pids.add(a["pid"])
 
     def status(self) -> dict:
-        with Client(self.endpoint, timeout=2.0, retry_for=5.0) as c:
+        with Client(self.endpoint, timeout=2.0, retry_for=5.0, **self.client_options) as c:
             status = c.status()
         self.remember(status)
         return status
@@ -126,7 +130,7 @@ class Node:
     def client(self, **kwargs) -> Client:
         kwargs.setdefault("timeout", 5.0)
         kwargs.setdefault("retry_for", 15.0)
-        c = Client(self.endpoint, **kwargs)
+        c = Client(self.endpoint, **{**self.client_options, **kwargs})
         self._clients.append(c)
         return c
 

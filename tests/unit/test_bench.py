@@ -93,3 +93,20 @@ def test_an_unknown_scenario_is_one_line_before_anything_starts():
     assert "unknown scenario nope" in str(info.value) and "http-unary" in str(info.value)
     with pytest.raises(SystemExit):
         bench_run.main(scenarios="unary", mirror="both", http="both")
+
+
+def test_curve_runs_are_their_own_rows_with_cpu_on_and_off():
+    # Given runs with CURVE on and off, each with the node's CPU per op
+    records = [dict(run("lifecycle", r, True, ops), curve=on, server_cpu_us_per_op=cpu)
+               for r, on, ops, cpu in ((0, True, 900, 250.0), (0, False, 1000, 200.0), (1, False, 980, 210.0),
+                                       (1, True, 890, 260.0))]
+    rows = medians(records)
+    # Then on and off are separate rows, the on row labelled
+    assert sorted(r["curve"] for r in rows) == [False, True]
+    assert any(line.startswith("| lifecycle, curve on |") for line in bench_run.markdown(rows).splitlines())
+    # And the cost line is about CURVE and quotes the CPU per op of both
+    [cost] = mirror_cost(rows, records, "curve")
+    line = cost_line(cost)
+    assert line.startswith("curve on/off: lifecycle c10") and line.endswith("server CPU 255 / 205 us/op")
+    with pytest.raises(SystemExit, match="one thing at a time"):
+        bench_run.main(scenarios="unary", auth="both", curve="both")
