@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -323,6 +324,51 @@ class Outcomes:
             item[2].set()
 
 
+class Runners:
+    """The threads that run handlers, kept for the next job instead of one new thread per job.
+
+    Starting a thread waits for it to run, which cost the fetch loop most of its time. A job goes to
+    an idle runner when there is one, else to a new thread; a runner idle for `idle_s` ends. A handler
+    stuck past its time limit keeps its runner (Python cannot stop it) but not its slot, so the next
+    job simply gets another thread. Runners are daemon threads: a stuck handler cannot keep the
+    process alive after the drain has handed its job back.
+    """
+
+    def __init__(self, run, idle_s: float = 30.0):
+        self._run = run
+        self.idle_s = idle_s
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self.started = 0
+
+    def submit(self, job):
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+            self.started += 1
+            number = self.started
+        threading.Thread(target=self._loop, args=(job,), name=f"jobbie-runner-{number}", daemon=True).start()
+
+    def _loop(self, job):
+        while True:
+            self._run(job)
+            with self._lock:
+                self._idle += 1
+            while True:
+                try:
+                    job = self._jobs.get(timeout=self.idle_s)
+                    break
+                except queue.Empty:
+                    with self._lock:
+                        # A job put for this runner while the wait ran out is taken, not left behind.
+                        if self._jobs.empty():
+                            self._idle -= 1
+                            return
+
+
 class Worker:
     """Runs handlers for the given queues until stopped."""
 
@@ -358,6 +404,7 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self._outcomes: Outcomes | None = None
+        self._runners = Runners(self._run_job)
 
     # ---------------------------------------------------------------- control
     def stop(self, *_):
@@ -432,10 +479,7 @@ class Worker:
                 job = Job(data)
                 with self._lock:
                     self.in_flight[job.id] = job
-                # Daemon threads: a handler stuck in blocking code cannot keep the
-                # process alive after the drain has handed its job back.
-                threading.Thread(target=self._run_job, args=(job,), name=f"jobbie-job-{job.id}",
-                                 daemon=True).start()
+                self._runners.submit(job)
 
     def time_limit(self, job: Job) -> float | None:
         """Seconds the handler may run on this attempt: the job's timeout_ms, else its task's timeout."""
