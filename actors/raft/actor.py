@@ -81,6 +81,9 @@ journal.install()
 wire.install()
 
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
+#: The error a leader under its disk reserve answers a forwarded write with (beside pysyncobj's FAIL_REASON).
+DISK_FULL = 100
+FAIL_NAMES[DISK_FULL] = "disk_full"
 EXIT_STORAGE_FAULT = 70
 EXIT_CANNOT_START = 78
 #: Change-feed frames queued for a mirror that is away or slow; beyond this they are dropped
@@ -161,6 +164,9 @@ class JobbieRaft(SyncObj):
         self._feed_dropped = 0
         self.lmdb_id = _file_id(config.lmdb_path)
         self._synced_fd = None
+        #: Set by the actor thread from its DiskWatch: this node's disk is under its reserve.
+        self.disk_low = False
+        self._disk_noted = False
         self.snapshotter = Snapshotter(config.raft_dir, config.lmdb_path, self)
         single = not config.peers
         super().__init__(config.raft_bind, list(config.peers), syncobj_conf(config, single, self.snapshotter))
@@ -170,9 +176,40 @@ class JobbieRaft(SyncObj):
     def _SyncObj__onMessageReceived(self, node, message):
         # pysyncobj binds this (name-mangled) handler to its transport in __init__; a success
         # acknowledgement is handled here so that it never moves the next index back (wire.py).
-        if message.get("type") == "next_node_idx" and wire.on_next_index(self, node, message):
+        kind = message.get("type")
+        if kind == "next_node_idx" and wire.on_next_index(self, node, message):
             return
+        if self.disk_low:
+            message = self._under_disk_reserve(node, kind, message)
+            if message is None:
+                return
         SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _under_disk_reserve(self, node, kind, message):
+        """While this node's disk is under its reserve it adds nothing to its journal, which would
+        otherwise fill the disk (the journal is a memory map: a full disk is a SIGBUS, and a
+        restart meets the same entries again):
+        - a follower leaves the leader's messages unanswered, as if it were away, but they still
+          count as heartbeats, so it starts no election; once space is freed it answers again and
+          the leader sends what it missed. (Taking the heartbeat but not its entries would not do:
+          pysyncobj truncates the log after the entries a message replaces.);
+        - a leader refuses the writes other nodes forward to it (`disk_full` to their clients), as
+          its own gateway refuses its own clients'.
+        Returns the message to handle, or None when it is answered here."""
+        if kind == "append_entries":
+            if message.get("term", -1) >= self.raftCurrentTerm:
+                self._SyncObj__raftElectionDeadline = monotonic_time() + self._SyncObj__generateRaftTimeout()
+            if not self._disk_noted:
+                self._disk_noted = True
+                log.warning("disk under its reserve: this node takes nothing from the leader until space is "
+                            "freed (it falls behind, and catches up after)")
+            return None
+        if kind == "apply_command" and self._isLeader():
+            if "request_id" in message:
+                self._SyncObj__transport.send(node, {"type": "apply_command_response",
+                                                     "request_id": message["request_id"], "error": DISK_FULL})
+            return None
+        return message
 
     # The snapshotter's view of the store (tick thread only).
     @property
@@ -348,7 +385,11 @@ class RaftActor(PumpActor):
         for _, frames in inbox.messages:
             self.propose(frames)
         if inbox.tick:
-            return [("status", [codec.encode({"k": "raft_status", **self.raft.status(), "disk": self.disk.check()})])]
+            disk = self.disk.check()
+            if not disk["low"]:
+                self.raft._disk_noted = False
+            self.raft.disk_low = disk["low"]
+            return [("status", [codec.encode({"k": "raft_status", **self.raft.status(), "disk": disk})])]
         return []
 
     def control(self, msg: dict):

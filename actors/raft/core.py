@@ -37,9 +37,14 @@ def route(entry: dict, index: int, results: list | None, changes) -> list[tuple[
 
 def failed(tags: list, entry_id, reason: str) -> list[tuple[str, dict]]:
     """Frames answering every op of an entry that raft could not commit here."""
-    err = {"err": {"code": "UNAVAILABLE", "reason": reason,
-                   "message": f"the raft log did not take the request ({reason}); the outcome is unknown, "
-                              "retry with the same request_id"}}
+    if reason == "disk_full":
+        err = {"err": {"code": "RESOURCE_EXHAUSTED", "reason": "disk_full", "retry_after_ms": 5000,
+                       "message": "the leader's disk is under its reserve (--disk-free-min-mb): it takes no "
+                                  "writes until space is freed there; nothing was applied"}}
+    else:
+        err = {"err": {"code": "UNAVAILABLE", "reason": reason,
+                       "message": f"the raft log did not take the request ({reason}); the outcome is unknown, "
+                                  "retry with the same request_id"}}
     by_origin: dict[str, list] = {}
     for tag in tags:
         by_origin.setdefault(tag[0], []).append([tag, err])

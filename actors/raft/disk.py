@@ -5,7 +5,9 @@ answers it with SIGBUS; either way the raft actor would crash and crash again. S
 measures the free space of the data dir's filesystem at each status tick (200 ms) and reports it;
 while it is under the reserve (`--disk-free-min-mb`), the gateway refuses new writes with
 RESOURCE_EXHAUSTED / disk_full (reads, deletes and the lifecycle's ticks go on), and once space is
-freed past the reserve plus a margin, writes resume by themselves.
+freed past the reserve plus a margin, writes resume by themselves. In a cluster the raft actor also
+takes nothing from the leader while its disk is low, and as leader refuses the writes other nodes
+forward (JobbieRaft._under_disk_reserve).
 """
 from __future__ import annotations
 
