@@ -406,12 +406,12 @@ class Supervisor:
 
     def check_raft_security(self):
         cfg = self.config
-        hosts = [cfg.raft_bind] + list(cfg.peers)
-        off_loopback = [h for h in hosts if h and not h.startswith(LOOPBACK)]
-        if off_loopback and not cfg.raft_password:
+        if cfg.peers and not cfg.raft_password:
+            # Loopback included: any local user could otherwise talk to the raft port, and pysyncobj
+            # unpickles what peers send.
             raise StartupError(
-                f"raft traffic to {', '.join(off_loopback)} would leave loopback unauthenticated (pysyncobj "
-                "unpickles what peers send); set --raft-password or JOBBIE_RAFT_PASSWORD on every node")
+                "a cluster (--peers) needs a raft password, the same on every node, so that only its nodes "
+                "can talk to its raft ports: set --raft-password, JOBBIE_RAFT_PASSWORD or --raft-password-file")
         if cfg.raft_password:
             try:
                 import cryptography  # noqa: F401

@@ -62,7 +62,7 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                completed_retention_ms: int = 7 * 86_400_000, worker_retention_ms: int = 86_400_000,
                usage: bool = True, http: bool = True, http_bind: str = "127.0.0.1:7780", log_level: str = "info",
                log_format: str = "text", auth: bool = False, disk_free_min_mb: int = 128, curve: bool = False,
-               curve_clients: str = None, config: str = None):
+               curve_clients: str = None, raft_password_file: str = None, config: str = None):
         """Start a jobbie node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
 
         Every flag can also come from a JOBBIE_* variable (--http-bind: JOBBIE_HTTP_BIND) or a key of the
@@ -81,8 +81,10 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
             answered RESOURCE_EXHAUSTED with a retry_after_ms hint.
           inflight_per_client_max: The same limit for one client (one connection, or one `client` key).
           snapshot_every: Raft entries between snapshots (log compaction; each entry is a batch of ops).
-          raft_password: Shared secret encrypting raft traffic between nodes (default $JOBBIE_RAFT_PASSWORD);
-            required when raft addresses are not loopback. Needs `pip install cryptography`.
+          raft_password: Shared secret encrypting and authenticating raft traffic between nodes (default
+            $JOBBIE_RAFT_PASSWORD); required for a cluster (any --peers), the same on every node.
+          raft_password_file: Read the raft password from this file (its first line) instead; keep it
+            readable by the server's user only.
           mirror: Run the mirror actor (SQLite view for search and bulk); --mirror=false saves its CPU,
             and search/bulk then answer UNAVAILABLE.
           usage: Run the usage actor (usage rollups for `jobbie usage`); --usage=false saves its CPU, and
@@ -127,7 +129,8 @@ class Cli(ManageCommands, SearchCommands, UsageCommands, BudgetCommands, AgentCo
                             snapshot_every_entries=max(100, int(snapshot_every)),
                             completed_retention_ms=max(0, int(completed_retention_ms)),
                             worker_retention_ms=max(0, int(worker_retention_ms)),
-                            raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", ""),
+                            raft_password=raft_password or os.environ.get("JOBBIE_RAFT_PASSWORD", "")
+                            or _password_from(raft_password_file),
                             mirror=_flag(mirror), usage=_flag(usage), http=_flag(http), http_bind=str(http_bind),
                             log_level=str(log_level).lower(), log_format=str(log_format).lower(), auth=_flag(auth),
                             disk_free_min_mb=max(0, int(disk_free_min_mb)), curve=_flag(curve),
@@ -390,6 +393,20 @@ def server_settings(argv: list[str]) -> list[str]:
         return server_flags(Cli.server, given, config, os.environ)
     except SettingsError as exc:
         _refuse(f"jobbie server: {exc}")
+
+
+def _password_from(path) -> str:
+    """The first line of a --raft-password-file ("" when no file is given); a bad file stops here."""
+    if not path:
+        return ""
+    try:
+        with open(str(path), encoding="utf-8") as f:
+            password = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"--raft-password-file {path}: cannot read it ({exc})", 2)
+    if not password:
+        _fail(f"--raft-password-file {path}: its first line is empty", 2)
+    return password
 
 
 def _refuse(message: str):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import struct
@@ -36,12 +37,15 @@ class Cluster:
         """`extra_args` go to every node; `node_args` maps a node id to extra args for that node only."""
         self.base_dir = os.path.abspath(str(base_dir))
         raft_ports = [free_port() for _ in range(size)]
+        #: One raft password for the whole cluster, made here.
+        self.raft_password = secrets.token_urlsafe(18)
         self.nodes: list[ClusterNode] = []
         for i in range(size):
             node_id = f"n{i + 1}"
             args = list(extra_args) + list((node_args or {}).get(node_id, ()))
             peers = [p for j, p in enumerate(raft_ports) if j != i]
-            self.nodes.append(ClusterNode(os.path.join(self.base_dir, node_id), node_id, raft_ports[i], peers, args))
+            self.nodes.append(ClusterNode(os.path.join(self.base_dir, node_id), node_id, raft_ports[i], peers, args,
+                                          raft_password=self.raft_password))
         self._clients: list[Client] = []
 
     def __getitem__(self, node_id: str) -> ClusterNode:

@@ -9,6 +9,7 @@ dir; so a recycled pid, or another cluster's process, is never hit.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -106,8 +107,11 @@ def kill_pid(pid: int, sig: int = signal.SIGKILL):
 class ClusterNode:
     """One voter: `jobbie server --node-id ... --raft-bind ... --peers ...` on fixed ports."""
 
-    def __init__(self, data_dir: str, node_id: str, raft_port: int, peer_ports: list[int], extra_args=()):
+    def __init__(self, data_dir: str, node_id: str, raft_port: int, peer_ports: list[int], extra_args=(),
+                 raft_password: str | None = None):
         self.data_dir = os.path.abspath(str(data_dir))
+        #: A cluster needs a raft password; its nodes get it in their environment (not on a command line).
+        self.raft_password = raft_password or secrets.token_urlsafe(18)
         self.node_id = node_id
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
@@ -184,7 +188,8 @@ class ClusterNode:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobbie.cli.main", "server", "--data-dir", self.data_dir,
              "--bind", self.endpoint, *args, *self.extra_args],
-            stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, start_new_session=True)
+            stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=dict(os.environ, JOBBIE_RAFT_PASSWORD=self.raft_password))
         self.starts += 1
         self.last_status = None
         self.seen_pids.add(self.proc.pid)

@@ -582,7 +582,7 @@ def test_a_voter_is_added_and_removed_at_runtime_without_stopping_the_others(mak
 
     port = free_port()
     n4 = ClusterNode(os.path.join(os.path.dirname(cluster.nodes[0].data_dir), "n4"), "n4", port,
-                     [int(n.raft_addr.rsplit(":", 1)[1]) for n in cluster.nodes])
+                     [int(n.raft_addr.rsplit(":", 1)[1]) for n in cluster.nodes], raft_password=cluster.raft_password)
     cluster.nodes.append(n4)  # stopped with the others at teardown
     n4.start(rejoin=True)
 

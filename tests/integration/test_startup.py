@@ -72,9 +72,30 @@ def test_a_data_dir_of_another_cluster_is_refused(tmp_path):
                                                 "members": ["127.0.0.1:7801", "127.0.0.1:7802", "127.0.0.1:7803"]}))
     # When it is started as a member of an unrelated cluster
     proc = server("--data-dir", data, "--node-id", "n1", "--raft-bind", "127.0.0.1:7901",
-                  "--peers", "127.0.0.1:7902,127.0.0.1:7903", "--http=false")
+                  "--peers", "127.0.0.1:7902,127.0.0.1:7903", "--http=false", env={"JOBBIE_RAFT_PASSWORD": "s3cret"})
     # Then it is refused in one line that names both memberships
     assert_refused(proc, "belongs to another cluster", "127.0.0.1:7802", "127.0.0.1:7902")
+
+
+def test_a_cluster_without_a_raft_password_is_refused_even_on_loopback(tmp_path):
+    # Given a new cluster's first node on loopback, and no password anywhere
+    proc = server("--data-dir", tmp_path / "n1", "--node-id", "n1", "--raft-bind", "127.0.0.1:7901",
+                  "--peers", "127.0.0.1:7902,127.0.0.1:7903", "--bootstrap", "--http=false")
+    # Then it does not start: any local user could otherwise reach a raft port that unpickles
+    assert_refused(proc, "needs a raft password", "--raft-password-file")
+
+
+def test_the_raft_password_can_come_from_a_file(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    proc = server("--data-dir", tmp_path / "n1", "--node-id", "n1", "--raft-bind", "127.0.0.1:7901",
+                  "--peers", "127.0.0.1:7902,127.0.0.1:7903", "--bootstrap", "--http=false",
+                  "--raft-password-file", empty)
+    assert_refused(proc, "--raft-password-file", "empty")
+    proc = server("--data-dir", tmp_path / "n1", "--node-id", "n1", "--raft-bind", "127.0.0.1:7901",
+                  "--peers", "127.0.0.1:7902,127.0.0.1:7903", "--bootstrap", "--http=false",
+                  "--raft-password-file", tmp_path / "missing")
+    assert_refused(proc, "--raft-password-file", "cannot read it")
 
 
 def test_settings_from_the_environment_and_a_config_file_start_a_node(tmp_path):

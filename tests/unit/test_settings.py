@@ -88,3 +88,12 @@ def test_times_are_written_one_way_and_tables_show_ages():
     assert render.ago(now + 300_000, now) == "in 5m" and render.ago(now, now) == "0s ago"
     assert render.ago(None) == "-" and render.when(0) == "-"
     assert render._time(now).startswith("2026-12-04T16:00:00Z (")
+
+
+def test_the_raft_password_file_gives_its_first_line(tmp_path):
+    from jobbie.cli.main import _password_from
+
+    path = tmp_path / "pw"
+    path.write_text("s3cret value\nignored\n")
+    assert _password_from(str(path)) == "s3cret value"
+    assert _password_from(None) == ""
