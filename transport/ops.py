@@ -502,15 +502,8 @@ def _check_enqueue_batch(args, limits, frame_bytes, now_ms):
     jobs = args["jobs"]
     if not 1 <= len(jobs) <= limits.batch_jobs_max:
         _bad(f"jobs must hold 1 to {limits.batch_jobs_max} jobs; got {len(jobs)}", "jobs", "too_large")
-    rows = tuple(a for a in ENQUEUE_ARGS)
-    clean = []
-    for i, job in enumerate(jobs):
-        prefix = f"jobs[{i}]."
-        if type(job) is not dict:
-            _bad(f"jobs[{i}] must be a map, got {_type_name(job)}", f"jobs[{i}]", "wrong_type")
-        one = validate_fields(rows, job, prefix=prefix)
-        _check_enqueue(one, limits, frame_bytes, now_ms, prefix=prefix)
-        clean.append(one)
+    clean = _check_items("jobs", jobs, ENQUEUE_ARGS,
+                         lambda one, prefix: _check_enqueue(one, limits, frame_bytes, now_ms, prefix=prefix))
     if frame_bytes > limits.batch_bytes_max:
         total = sum(_payload_size(j["payload"]) for j in clean)
         if total > limits.batch_bytes_max:
@@ -558,20 +551,23 @@ def _check_ack_batch(args, limits, frame_bytes, now_ms):
     if not 1 <= len(acks) + len(fails) <= ACK_BATCH_MAX:
         _bad(f"acks and fails must hold 1 to {ACK_BATCH_MAX} jobs together; got {len(acks) + len(fails)}",
              "acks", "too_large" if acks or fails else "missing_field")
-    for name, list_ in (("ack", acks), ("fail", fails)):
-        rows = tuple(a for a in OPS[name].args if a.name != "request_id")
-        clean = []
-        for i, item in enumerate(list_):
-            prefix = f"{name}s[{i}]."
-            if type(item) is not dict:
-                _bad(f"{name}s[{i}] must be a map, got {_type_name(item)}", f"{name}s[{i}]", "wrong_type")
-            one = validate_fields(rows, item, prefix=prefix)
-            if name == "ack":
-                _check_ack_hold(one, limits, frame_bytes, prefix=prefix)
-            else:
-                _check_caps("fail", one, limits, frame_bytes, prefix=prefix)
-            clean.append(one)
-        args[f"{name}s"] = clean
+    rows = {name: tuple(a for a in OPS[name].args if a.name != "request_id") for name in ("ack", "fail")}
+    args["acks"] = _check_items("acks", acks, rows["ack"],
+                                lambda one, prefix: _check_ack_hold(one, limits, frame_bytes, prefix=prefix))
+    args["fails"] = _check_items("fails", fails, rows["fail"],
+                                 lambda one, prefix: _check_caps("fail", one, limits, frame_bytes, prefix=prefix))
+
+
+def _check_items(field: str, items: list, rows, check) -> list:
+    """Each map of a list arg checked against `rows` (then `check(clean, prefix)`), named `field[i].name`."""
+    clean = []
+    for i, item in enumerate(items):
+        if type(item) is not dict:
+            _bad(f"{field}[{i}] must be a map, got {_type_name(item)}", f"{field}[{i}]", "wrong_type")
+        one = validate_fields(rows, item, prefix=f"{field}[{i}].")
+        check(one, f"{field}[{i}].")
+        clean.append(one)
+    return clean
 
 
 _EXTRA_CHECKS = {

@@ -70,8 +70,11 @@ def stdout_of(pid: int) -> str:
         return ""
 
 
-def child_pids(ppid: int) -> list[int]:
-    """Live children of `ppid`, read from /proc (never matched by name)."""
+def child_pids(ppid: int, *needles: str) -> list[int]:
+    """Live children of `ppid` whose command line holds one of `needles` (any child if none given).
+
+    Read from /proc; only children of `ppid` are considered, never processes matched by name alone.
+    """
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -81,10 +84,16 @@ def child_pids(ppid: int) -> list[int]:
                 stat = f.read()
             # The command name (field 2) may hold spaces or parentheses: split after the last ')'.
             fields = stat[stat.rindex(b")") + 2:].split()
+            if int(fields[1]) != ppid or fields[0] == b"Z":
+                continue
+            if needles:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+                if not any(n in cmdline for n in needles):
+                    continue
         except (OSError, ValueError, IndexError):
             continue
-        if int(fields[1]) == ppid and fields[0] != b"Z":
-            out.append(int(entry))
+        out.append(int(entry))
     return out
 
 

@@ -11,23 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from jobbie.actors.supervisor import free_port  # noqa: F401 (re-exported for the tests)
 from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
+# The harness's wait: its HarnessError is an AssertionError, so a test shows a failed expectation.
+from jobbie.cli.chaos_harness.nodes import wait_for  # noqa: F401
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 class Node:

@@ -14,6 +14,7 @@ import time
 import uuid
 
 from jobbie.cli.chaos_harness.load import get_jobs  # noqa: F401 (pipelined get_job, for the tests)
+from jobbie.cli.chaos_harness.nodes import child_pids  # noqa: F401 (for the tests)
 from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
 
@@ -39,31 +40,6 @@ def kill_pid(pid: int, sig=signal.SIGKILL):
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def child_pids(ppid: int, *needles: str) -> list[int]:
-    """Children of `ppid` whose command line contains one of `needles` (any child if none given).
-
-    Read from /proc; only children of `ppid` are considered, never processes matched by name alone.
-    """
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            # The command name (field 2) may hold spaces or parentheses: split after the last ')'.
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if int(fields[1]) != ppid or fields[0] == b"Z":
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        if not needles or any(n in cmdline for n in needles):
-            out.append(int(entry))
-    return out
 
 
 # --------------------------------------------------------------------- status
