@@ -28,7 +28,7 @@ import zmq.asyncio
 
 from . import curve
 from .client import (HANDSHAKE_EVENTS, begin_call, check_endpoints, deliver_reply, handshake_event, handshake_failed,
-                     request_frame, retry_pause, server_endpoint, unreachable)
+                     handshake_failure, request_frame, retry_pause, server_endpoint, unreachable)
 from .errors import Unavailable
 from .methods import SLEEP, Methods
 
@@ -97,7 +97,8 @@ class AsyncClient(Methods):
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected.set()
                 return
-            self._handshake_failure = (event, value)
+            if handshake_failure(event, self._curve_keys is not None):
+                self._handshake_failure = (event, value)
 
     # --------------------------------------------------------------- requests
     async def submit(self, op: str, args: dict | None = None) -> asyncio.Future:

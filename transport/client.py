@@ -90,6 +90,14 @@ def handshake_event(frames: list) -> tuple[int, int]:
     return int(event["event"]), int(event["value"])
 
 
+def handshake_failure(event: int, curve_on: bool) -> bool:
+    """Whether a failed-handshake event says something about the peer. A connection the peer closes
+    before any greeting (NO_DETAIL: a reset or a broken pipe), to a plaintext client, is no more than
+    nothing listening there: a proxy whose target is gone, a port being closed. That stays
+    `unreachable`."""
+    return curve_on or event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+
+
 def handshake_failed(endpoint: str, connect_timeout: float, event: int, value: int, curve_on: bool) -> Unavailable:
     """The error of a first call whose endpoints answered, but whose handshakes all failed."""
     within = f"no handshake with {endpoint} within {connect_timeout:g} s"
@@ -246,7 +254,7 @@ class Client(Methods):
                                 break
                             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                                 self._connected.set()
-                            else:
+                            elif handshake_failure(event, self._curve_keys is not None):
                                 self._handshake_failure = (event, value)
                     elif fd_or_sock is sock:
                         while True:

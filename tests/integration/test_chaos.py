@@ -13,7 +13,7 @@ This test keeps its own assertions on top of the harness's invariants: enough fa
 for the run to mean something, and every kind of fault applied at least once (for the fixed seed, whose
 first steps hold all four, and for long runs).
 
-The suite runs one fixed seed for ~40 s of faults. Longer runs, with other seeds:
+The suite runs one fixed seed for ~25 s of faults. Longer runs, with other seeds:
 
     JOBBIE_CHAOS_SECONDS=600 JOBBIE_CHAOS_SEEDS=11,12,13 python -m pytest tests/integration/test_chaos.py -s
 
@@ -32,7 +32,7 @@ from jobbie.cli.chaos_harness.faults import KINDS
 
 from .cluster import make_cluster  # noqa: F401 (a fixture)
 
-SECONDS = float(os.environ.get("JOBBIE_CHAOS_SECONDS", "40"))
+SECONDS = float(os.environ.get("JOBBIE_CHAOS_SECONDS", "25"))
 #: The suite's seed: its first five steps hold all four kinds of fault.
 DEFAULT_SEED = 3
 SEEDS = [int(s) for s in os.environ.get("JOBBIE_CHAOS_SEEDS", str(DEFAULT_SEED)).split(",") if s.strip()]

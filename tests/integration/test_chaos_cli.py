@@ -104,8 +104,8 @@ def chaos_process(tmp_path):
 
 @pytest.mark.timeout(240)
 def test_a_short_run_prints_its_figures_as_json_and_leaves_no_process(chaos_process):
-    # Given a 15 s run with a fixed seed and JSON output
-    run = chaos_process("--seconds", 15, "--seed", 12, "--output", "json")
+    # Given an 8 s run with a fixed seed and JSON output
+    run = chaos_process("--seconds", 8, "--seed", 12, "--output", "json")
     # While it runs, its node processes exist (so the check below can fail)
     run.wait_for_faults()
     assert len(run.seen) >= 12, f"expected 3 supervisors and their actors, saw {sorted(run.seen)}"
@@ -115,7 +115,7 @@ def test_a_short_run_prints_its_figures_as_json_and_leaves_no_process(chaos_proc
     assert len(run.out.splitlines()) == 1, run.out
     figures = json.loads(run.out)
     # And the seed is printed first, with the line that replays it
-    assert run.err_lines[0].startswith("jobbie chaos: seed 12 (replay: jobbie chaos --seed 12 --seconds 15")
+    assert run.err_lines[0].startswith("jobbie chaos: seed 12 (replay: jobbie chaos --seed 12 --seconds 8")
     assert figures["seed"] == 12 and figures["ok"] is True and figures["broken"] == []
     assert set(figures["faults"]) == set(KINDS) and figures["faults_total"] == sum(figures["faults"].values()) >= 1
     assert figures["enqueues_acknowledged"] > 50 and figures["acks_acknowledged"] > 0
