@@ -70,6 +70,15 @@ def stdout_of(pid: int) -> str:
         return ""
 
 
+def log_tail(path: str, chars: int = 4000) -> str:
+    """The last `chars` characters of a log file ("" when there is none yet)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
 def child_pids(ppid: int, *needles: str) -> list[int]:
     """Live children of `ppid` whose command line holds one of `needles` (any child if none given).
 
@@ -172,11 +181,7 @@ class ClusterNode:
             return 0
 
     def supervisor_log(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path)
 
     # ------------------------------------------------------------ processes
     @property
@@ -301,19 +306,23 @@ class ClusterNode:
         self.seen_pids |= mine
         return mine
 
-    def kill9(self):
-        """SIGKILL the supervisor's process group and every actor process of this node; wait until all are gone."""
-        if self.alive:
-            self.try_status()  # learn the current actor pids, if the node still answers
-        pids = self.own_pids()
+    def _sigkill(self, pids):
+        """SIGKILL the supervisor's process group (while it runs) and each of `pids` (verified as this node's)."""
         if self.alive:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.killed_at = time.monotonic()
         for pid in pids:
             kill_pid(pid)
+
+    def kill9(self):
+        """SIGKILL the supervisor's process group and every actor process of this node; wait until all are gone."""
+        if self.alive:
+            self.try_status()  # learn the current actor pids, if the node still answers
+        pids = self.own_pids()
+        self._sigkill(pids)
+        self.killed_at = time.monotonic()
         if self.proc is not None:
             self.proc.wait(timeout=10)
         self._close_log()
@@ -349,14 +358,10 @@ class ClusterNode:
             c.close()
         self._clients.clear()
         pids = self.own_pids()
-        if self.alive:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        was_alive = self.alive
+        self._sigkill(pids)
+        if was_alive:
             self.proc.wait(timeout=10)
-        for pid in pids:
-            kill_pid(pid)
         self._close_log()
         self.known_pids.clear()
 

@@ -18,7 +18,7 @@ from jobbie.actors.supervisor import free_port  # noqa: F401 (re-exported for th
 from jobbie.transport.client import Client
 from jobbie.transport.errors import JobbieError
 # The harness's wait: its HarnessError is an AssertionError, so a test shows a failed expectation.
-from jobbie.cli.chaos_harness.nodes import wait_for  # noqa: F401
+from jobbie.cli.chaos_harness.nodes import log_tail, wait_for  # noqa: F401 (wait_for: for the tests)
 
 
 
@@ -113,11 +113,7 @@ class Node:
                 pass
 
     def supervisor_log(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path)
 
     # -------------------------------------------------------------- clients
     def client(self, **kwargs) -> Client:
