@@ -19,7 +19,26 @@
    acknowledges or the leader already sent to; a failed one (a follower whose log does not
    match) still resets it, as the raft paper has it.
 
-3. Encryption. With a raft password pysyncobj seals every message with Fernet (AES-CBC, an
+3. Buffers. pysyncobj keeps each connection's unsent and unparsed bytes in a `bytes` object:
+   every message appended (`buffer += data`) and every partial send or parsed message
+   (`buffer = buffer[n:]`) copies all of it. Under large entries a leader's buffer to a slow
+   follower holds several MiB, so each 1 MiB entry it queued copied the lot again, and the
+   follower copied its growing read buffer for every 4 MiB it received: half of the leader's
+   tick thread went to that copying (py-spy, three nodes under the largest documented
+   requests). `send`, `process_send`, `process_read` and `process_parse_message` keep the
+   same buffers as `bytearray`s, which append in place and drop consumed bytes from the
+   front without moving the rest.
+
+4. Commands. pysyncobj pickles each replicated call, `(method, (entry bytes,), {})`, with its
+   own module at protocol 2 before it enters the log, so the entry bytes crossed the wire and
+   sat in the journal as latin-1 text in UTF-8: 1.5x the size, a UTF-8 decode in every
+   follower's apply, and (half its bytes being 0xC2 or 0xC3) a sample that looks compressible,
+   so random 1 MiB payloads were deflated at level 1 for nothing (~20 ms per MiB per
+   follower, the larger part of a leader's tick thread under large entries). `install()` has
+   that module pickle with `PICKLE_PROTOCOL`; every pickle, old or new, loads as before, so a
+   journal written by an earlier version still replays.
+
+5. Encryption. With a raft password pysyncobj seals every message with Fernet (AES-CBC, an
    HMAC, then base64): ~8 ms per MiB to seal and ~6 to open, on the tick thread, for each
    follower. `Sealer` seals with AES-256-GCM instead (~0.5 ms per MiB), under a key of its own
    for each process: HKDF over the password's PBKDF2 key (pysyncobj's derivation) with a random
@@ -34,10 +53,12 @@ attributes it uses and leaves pysyncobj as it is, with a warning, if they are no
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
 import pickle
+import socket
 import struct
 import zlib
 
@@ -45,6 +66,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pysyncobj import encryptor as pe
+from pysyncobj import pickle as pp
 from pysyncobj import syncobj as ps
 from pysyncobj import tcp_connection as tc
 from pysyncobj.monotonic import monotonic as monotonic_time
@@ -81,8 +103,97 @@ def send(self, message):
     data = zlib.compress(raw, level_for(raw))
     if self.encryptor:
         data = self.encryptor.encrypt_at_time(data, int(monotonic_time()))
-    self._TcpConnection__writeBuffer += struct.pack("i", len(data)) + data
+    buffer = _buffer(self, "_TcpConnection__writeBuffer")
+    buffer += LENGTH.pack(len(data))
+    buffer += data
     self._TcpConnection__trySendBuffer()
+
+
+#: The length prefix of a message on pysyncobj's wire (native int, as pysyncobj packs it).
+LENGTH = struct.Struct("i")
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def _buffer(conn, name: str) -> bytearray:
+    """The connection's buffer `name` as a bytearray (pysyncobj resets it to b"" on connect and disconnect)."""
+    buffer = getattr(conn, name)
+    if type(buffer) is not bytearray:
+        buffer = bytearray(buffer)
+        setattr(conn, name, buffer)
+    return buffer
+
+
+def process_send(self) -> bool:
+    """TcpConnection.__processSend without copying what is left after a partial send."""
+    buffer = self._TcpConnection__writeBuffer
+    if not buffer:
+        return False
+    try:
+        sent = self._TcpConnection__socket.send(buffer)
+    except socket.error as exc:
+        if exc.errno not in _AGAIN:
+            self.disconnect()
+        return False
+    if sent < 0:
+        self.disconnect()
+        return False
+    if sent == 0:
+        return False
+    if type(buffer) is bytearray:
+        del buffer[:sent]
+    else:
+        self._TcpConnection__writeBuffer = buffer[sent:]
+    return True
+
+
+def process_read(self) -> bool:
+    """TcpConnection.__processRead, appending to the read buffer in place."""
+    sock = self._TcpConnection__socket
+    try:
+        incoming = sock.recv(self._TcpConnection__recvBufferSize)
+    except socket.error as exc:
+        if exc.errno not in _AGAIN:
+            self.disconnect()
+        return False
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        self.disconnect()
+        return False
+    if not incoming:
+        self.disconnect()
+        return False
+    _buffer(self, "_TcpConnection__readBuffer").extend(incoming)
+    return True
+
+
+def process_parse_message(self):
+    """TcpConnection.__processParseMessage: one message off the read buffer, or None (same checks)."""
+    buffer = self._TcpConnection__readBuffer
+    if len(buffer) < 4:
+        return None
+    length = LENGTH.unpack_from(buffer)[0]
+    if len(buffer) - 4 < length:
+        return None
+    with memoryview(buffer) as view:
+        data = bytes(view[4:4 + length])
+    try:
+        if self.encryptor:
+            stamp = self.encryptor.extract_timestamp(data)
+            assert stamp >= self.recvLastTimestamp
+            self.recvLastTimestamp = stamp
+            data = self.encryptor.decrypt(data)
+        message = pickle.loads(zlib.decompress(data))
+        if self.recvRandKey:
+            rand_key, message = message
+            assert rand_key == self.recvRandKey
+    except Exception:
+        # As pysyncobj: a message that does not open, parse or match the session ends the connection.
+        self.disconnect()
+        return None
+    if type(buffer) is bytearray:
+        del buffer[:4 + length]
+    else:
+        self._TcpConnection__readBuffer = buffer[4 + length:]
+    return message
 
 
 def on_next_index(raft, node, message) -> bool:
@@ -170,13 +281,22 @@ def get_sealer(password) -> Sealer:
 
 
 def install() -> bool:
-    """Use `send` and `Sealer` for pysyncobj in this process; False if pysyncobj's layout differs."""
+    """Use `send`, the bytearray buffers and `Sealer` for pysyncobj in this process; False if pysyncobj's layout differs."""
     connection = getattr(tc, "TcpConnection", None)
-    if connection is None or not all(hasattr(connection, name) for name in ("send", "_TcpConnection__trySendBuffer")) \
+    if connection is None or not all(hasattr(connection, name) for name in (
+            "send", "_TcpConnection__trySendBuffer", "_TcpConnection__processSend", "_TcpConnection__processRead",
+            "_TcpConnection__processParseMessage")) \
             or not all(hasattr(mod, name) for mod, name in ((ps, "getEncryptor"), (pe, "PBKDF2HMAC"), (pe, "SALT"))):
         log.warning("pysyncobj is not the version jobbie knows: raft messages keep its level-3 compression and "
                     "Fernet sealing")
         return False
+    if getattr(pp, "__protocol", None) in (2, PICKLE_PROTOCOL):
+        setattr(pp, "__protocol", PICKLE_PROTOCOL)
+    else:
+        log.warning("pysyncobj's pickle module is not the one jobbie knows: its commands keep their protocol")
     connection.send = send
+    connection._TcpConnection__processSend = process_send
+    connection._TcpConnection__processRead = process_read
+    connection._TcpConnection__processParseMessage = process_parse_message
     ps.getEncryptor = get_sealer
     return True

@@ -150,4 +150,89 @@ def test_install_takes_the_pysyncobj_it_knows():
     assert wire.install()
     from pysyncobj import syncobj, tcp_connection
     assert tcp_connection.TcpConnection.send is wire.send
+    assert tcp_connection.TcpConnection._TcpConnection__processSend is wire.process_send
+    assert tcp_connection.TcpConnection._TcpConnection__processParseMessage is wire.process_parse_message
     assert syncobj.getEncryptor is wire.get_sealer
+
+
+# ------------------------------------------------------------------ commands
+def test_a_replicated_command_carries_its_entry_bytes_as_bytes_not_as_latin1_text():
+    from pysyncobj import pickle as pysyncobj_pickle
+    entry = os.urandom(MIB)
+    before = len(pickle.dumps((0, (entry,), {}), 2))  # what pysyncobj's own module wrote
+    wire.install()
+    command = pysyncobj_pickle.dumps((0, (entry,), {}))
+    # protocol 2 spelt the bytes as latin-1 text in UTF-8: about 1.5x their size
+    assert len(command) < MIB + 64 <= before
+    assert pysyncobj_pickle.loads(command) == (0, (entry,), {})
+    # and a random entry in a message is stored, not deflated for nothing
+    message = pickle.dumps({"type": "append_entries", "entries": [(command, 7, 2)]}, wire.PICKLE_PROTOCOL)
+    assert wire.level_for(message) == 0
+
+
+# ------------------------------------------------------------------ buffers
+def connection_pair():
+    """Two pysyncobj TcpConnections over a real socket pair, with jobbie's wire installed."""
+    import socket
+
+    from pysyncobj.poller import createPoller
+    from pysyncobj.tcp_connection import TcpConnection
+
+    wire.install()
+    poller = createPoller("poll")
+    left, right = socket.socketpair()
+    for s in (left, right):
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sender = TcpConnection(poller, socket=left, recvBufferSize=256 * 1024)
+    receiver = TcpConnection(poller, socket=right, recvBufferSize=256 * 1024)
+    return sender, receiver
+
+
+def pump(sender, receiver, want: int) -> list:
+    """Move bytes until `want` messages have been parsed on the receiving side."""
+    got = []
+    for _ in range(100_000):
+        sender._TcpConnection__trySendBuffer()
+        receiver._TcpConnection__tryReadBuffer()
+        while (message := receiver._TcpConnection__processParseMessage()) is not None:
+            got.append(message)
+        if len(got) >= want:
+            return got
+    raise AssertionError(f"only {len(got)} of {want} messages arrived")
+
+
+def test_large_messages_cross_a_real_socket_through_in_place_buffers():
+    sender, receiver = connection_pair()
+    try:
+        messages = [{"type": "append_entries", "n": i, "data": os.urandom(MIB // 2 + i)} for i in range(6)]
+        messages.append({"type": "next_node_idx", "n": 6})
+        for m in messages:
+            sender.send(m)
+        # the socket takes far less than 3 MiB at once: the rest waits in the sender's buffer
+        assert type(sender._TcpConnection__writeBuffer) is bytearray
+        assert sender.getSendBufferSize() > 0
+        assert pump(sender, receiver, len(messages)) == messages
+        assert sender.getSendBufferSize() == 0
+        assert len(receiver._TcpConnection__readBuffer) == 0
+    finally:
+        sender.disconnect()
+        receiver.disconnect()
+
+
+def test_a_message_that_does_not_open_ends_the_connection_as_pysyncobj_does():
+    sender, receiver = connection_pair()
+    try:
+        sender.encryptor = wire.get_sealer("one password")
+        receiver.encryptor = wire.get_sealer("another password")
+        sender.send({"type": "append_entries"})
+        for _ in range(100):
+            sender._TcpConnection__trySendBuffer()
+            receiver._TcpConnection__tryReadBuffer()
+            if len(receiver._TcpConnection__readBuffer):
+                break
+        assert receiver._TcpConnection__processParseMessage() is None
+        assert receiver.state == 0  # CONNECTION_STATE.DISCONNECTED
+    finally:
+        sender.disconnect()
+        receiver.disconnect()
