@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field
 
 from jobbie.transport import codec
 
-#: Actor processes, in start order (stopped in reverse, gateway first).
-ACTORS = ("raft", "admission", "gateway", "lifecycle", "mirror", "usage", "http")
+#: Actor processes, in start order. The gateway role (the client socket) lives in the admission
+#: process: see actors/admission/actor.py.
+ACTORS = ("raft", "admission", "lifecycle", "mirror", "usage", "http")
 
 
 @dataclass

@@ -4,9 +4,10 @@ It takes the data directory (an exclusive flock, so two servers can never
 share one), starts each actor as its own OS process (raft first, since it
 creates the store), restarts a process that dies with exponential backoff,
 and stops the whole node with a clear message when one actor keeps dying
-(restart intensity). On SIGTERM/SIGINT it stops the node in order — gateway
-first (it stops taking requests and answers what is in flight), raft last
-(it closes its journal cleanly) — so nothing acknowledged is lost.
+(restart intensity). On SIGTERM/SIGINT it stops the node in order — admission,
+which holds the client socket, first (it stops taking requests and answers
+what is in flight), raft last (it closes its journal cleanly) — so nothing
+acknowledged is lost.
 
 It publishes the actor table (name, pid, restarts, alive) on an IPC PUB
 socket; the gateway shows it in cluster_status.
@@ -37,11 +38,11 @@ from .config import NodeConfig, pick_run_dir
 
 log = logging.getLogger("jobbie.supervisor")
 
-# The mirror goes right after the gateway (which waits for its answers in flight) and
-# before admission and raft (which carry its bulk ops).
+# Admission holds the client socket: it stops taking requests first and waits for the answers in
+# flight, which need raft (writes) and the mirror and usage actors (searches, summaries).
 #: Stop order, in steps: the mirror, usage and lifecycle actors depend on none of each other, so
 #: they stop together.
-STOP_GROUPS = (("http",), ("gateway",), ("mirror", "usage", "lifecycle"), ("admission",), ("raft",))
+STOP_GROUPS = (("http",), ("admission",), ("mirror", "usage", "lifecycle"), ("raft",))
 STOP_ORDER = tuple(name for group in STOP_GROUPS for name in group)
 EXIT_GAVE_UP = 3
 #: An actor exiting with this code cannot start at all (e.g. an unrecoverable data dir): no restart.
@@ -67,7 +68,7 @@ class StartupError(Exception):
 def check_bind(flag: str, host: str, port: int, form: str = "HOST:PORT"):
     """Refuse, before any actor starts, an address this node cannot listen on.
 
-    A taken port used to show up only as a gateway (or raft) crash loop, its cause in a log file.
+    A taken port used to show up only as an admission (or raft) crash loop, its cause in a log file.
     The check binds and closes a plain socket, with SO_REUSEADDR as ZeroMQ and pysyncobj use it, so
     a port in TIME_WAIT passes and one another program listens on does not.
     """

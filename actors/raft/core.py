@@ -5,10 +5,11 @@ each op carries a `tag` `[origin, incarnation, seq]` naming who waits for its
 result. After an apply, `route` splits the results by origin: every node's
 gateway gets the gateway results (a follower's gateway simply ignores tags it
 did not issue) together with the queues that gained pending jobs, which wake
-its parked long-polls; lifecycle results go to the lifecycle; admission is
-told the entry is done so it can free the in-flight slot; bulk results
-(origin "mr") go to the mirror, which also gets change frames (`FeedBatch`:
-the jobs the entries changed, at most one frame per 10 ms).
+its parked long-polls, and, in the same frame, the entry's id, which tells
+admission (in the same process as the gateway) that its in-flight slot is free;
+lifecycle results go to the lifecycle; bulk results (origin "mr") go to the
+mirror, which also gets change frames (`FeedBatch`: the jobs the entries
+changed, at most one frame per 10 ms).
 """
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ def route(entry: dict, index: int, results: list | None, changes) -> list[tuple[
                 by_origin.setdefault(tag[0], []).append([tag, result])
     gateway_msg = {"k": "applied", "index": index, "items": by_origin.pop("gw", []),
                    "woken": changes.woken if changes is not None else {}}
-    if gateway_msg["items"] or gateway_msg["woken"]:
+    if entry.get("id") is not None:
+        gateway_msg["entry"] = entry["id"]
+    if gateway_msg["items"] or gateway_msg["woken"] or "entry" in gateway_msg:
         out.append(("gateway", gateway_msg))
     for origin, items in by_origin.items():
         out.append((origin_socket(origin), {"k": "applied", "index": index, "items": items, "woken": {}}))
-    if entry.get("id") is not None:
-        out.append(("admission", {"k": "applied", "entry": entry["id"], "n": len(entry.get("ops") or ())}))
     return out
 
 
@@ -45,13 +46,18 @@ def failed(tags: list, entry_id, reason: str) -> list[tuple[str, dict]]:
         err = {"err": {"code": "UNAVAILABLE", "reason": reason,
                        "message": f"the raft log did not take the request ({reason}); the outcome is unknown, "
                                   "retry with the same request_id"}}
-    by_origin: dict[str, list] = {}
+    by_origin: dict[str, list] = {"gw": []}
     for tag in tags:
         by_origin.setdefault(tag[0], []).append([tag, err])
-    out = [(origin_socket(o), {"k": "applied", "index": None, "items": items, "woken": {}})
-           for o, items in by_origin.items()]
-    if entry_id is not None:
-        out.append(("admission", {"k": "applied", "entry": entry_id, "n": len(tags)}))
+    out = []
+    for origin, items in by_origin.items():
+        msg = {"k": "applied", "index": None, "items": items, "woken": {}}
+        if origin == "gw":
+            if entry_id is None and not items:
+                continue
+            if entry_id is not None:
+                msg["entry"] = entry_id
+        out.append((origin_socket(origin), msg))
     return out
 
 

@@ -22,7 +22,7 @@ from jobbie.transport.errors import JobbieError
 
 ROLES_UP = ("leader", "follower")
 #: The actor processes every node runs (with --http=false), the ones a fault may kill.
-ACTORS = ("raft", "admission", "gateway", "lifecycle", "mirror")
+ACTORS = ("raft", "admission", "lifecycle", "mirror")
 
 
 class HarnessError(AssertionError):

@@ -123,11 +123,11 @@ def test_status_json_and_text(node):
     status = ok_json(jobbie("status", "--output", "json", server=node.endpoint))
     assert status["role"] == "leader" and status["durable"] is False
     names = {a["name"] for a in status["actors"]}
-    assert {"raft", "admission", "gateway", "lifecycle"} <= names
+    assert {"raft", "admission", "lifecycle"} <= names
     assert all(a["alive"] and a["restarts"] == 0 for a in status["actors"])
     text = jobbie("status", server=node.endpoint)
     assert text.returncode == 0 and "leader" in text.stdout and "durable=false" in text.stdout
-    assert "ACTOR" in text.stdout and "gateway" in text.stdout
+    assert "ACTOR" in text.stdout and "admission" in text.stdout
 
 
 def test_queues_text_is_an_aligned_table(node, client):

@@ -112,10 +112,10 @@ def test_settings_from_the_environment_and_a_config_file_start_a_node(tmp_path):
         with Client(f"tcp://127.0.0.1:{port}", timeout=1, retry_for=0) as c:
             status = wait_for(lambda: _status(c), 20, message="the node")
         assert "http" not in {a["name"] for a in status["actors"]}
-        log = tmp_path / "data" / "logs" / "gateway.log"
+        log = tmp_path / "data" / "logs" / "admission.log"
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
         assert lines and {"ts", "level", "actor", "pid", "logger", "msg"} <= set(lines[0])
-        assert lines[0]["actor"] == "gateway"
+        assert lines[0]["actor"] == "admission"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)

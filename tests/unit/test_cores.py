@@ -299,9 +299,19 @@ def test_raft_routes_results_by_origin_and_wakes_the_gateway():
     changes = Changes()
     changes.wake("q", 2)
     frames = dict(raft_core.route(entry, 17, [{"ok": {"a": 1}}, {"ok": {"b": 2}}], changes))
-    assert frames["gateway"] == {"k": "applied", "index": 17, "items": [[["gw", 1, 1], {"ok": {"a": 1}}]], "woken": {"q": 2}}
+    # one frame to the admission process: the gateway's results and admission's "entry done"
+    assert frames["gateway"] == {"k": "applied", "index": 17, "items": [[["gw", 1, 1], {"ok": {"a": 1}}]],
+                                 "woken": {"q": 2}, "entry": [9, 4]}
     assert frames["lifecycle"]["items"] == [[["lc", 2, 1], {"ok": {"b": 2}}]]
-    assert frames["admission"] == {"k": "applied", "entry": [9, 4], "n": 2}
+    assert set(frames) == {"gateway", "lifecycle"}
+
+
+def test_raft_tells_admission_an_entry_is_done_even_when_no_gateway_op_was_in_it():
+    entry = {"v": 1, "id": [9, 6], "ops": [{"op": "tick", "tag": ["lc", 2, 1]}]}
+    frames = dict(raft_core.route(entry, 18, [{"ok": {}}], Changes()))
+    assert frames["gateway"] == {"k": "applied", "index": 18, "items": [], "woken": {}, "entry": [9, 6]}
+    # an entry without an id (not admission's) and without gateway results or wake-ups: nothing for it
+    assert "gateway" not in dict(raft_core.route({"v": 1, "ops": [entry["ops"][0]]}, 19, [{"ok": {}}], Changes()))
 
 
 def test_raft_failed_entry_answers_every_op_unavailable():
@@ -309,7 +319,11 @@ def test_raft_failed_entry_answers_every_op_unavailable():
     gw = dict(frames)["gateway"]
     assert [item[1]["err"]["code"] for item in gw["items"]] == ["UNAVAILABLE", "UNAVAILABLE"]
     assert gw["items"][0][1]["err"]["reason"] == "not_leader"
-    assert dict(frames)["admission"]["entry"] == [9, 5]
+    assert gw["entry"] == [9, 5]
+    assert len(frames) == 1
+    lc_only = dict(raft_core.failed([["lc", 2, 1]], [9, 7], "missing_leader"))
+    assert lc_only["gateway"] == {"k": "applied", "index": None, "items": [], "woken": {}, "entry": [9, 7]}
+    assert lc_only["lifecycle"]["items"][0][1]["err"]["reason"] == "missing_leader"
 
 
 def test_raft_decode_entry_rejects_foreign_bytes():
