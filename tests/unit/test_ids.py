@@ -5,7 +5,7 @@ import re
 
 from hypothesis import given, strategies as st
 
-from jobbie.transport.ids import IdGenerator, crockford32
+from jobbie.transport.ids import IdGenerator, _digits16, crockford32
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -44,3 +44,17 @@ def test_ulids_sort_by_time_across_milliseconds():
     first = gen.ulid()
     now[0] += 0.001
     assert gen.ulid() > first
+
+
+@given(st.integers(min_value=0, max_value=2**100))
+def test_the_random_part_is_spelt_as_crockford32_spells_it(n):
+    assert _digits16(n) == crockford32(n, 16) == digit_by_digit(n, 16)
+
+
+def test_a_clock_that_steps_back_keeps_the_last_time_digits_and_counts_on():
+    now = [1_700_000_000.5]
+    gen = IdGenerator(clock=lambda: now[0])
+    first = gen.ulid()
+    now[0] -= 2.0  # NTP stepped the clock back
+    second = gen.ulid()
+    assert second > first and second[:10] == first[:10]
