@@ -19,6 +19,13 @@ Rules it keeps:
   the cap keeps at most about one large entry ahead of it. Behind a large
   entry (`pipeline_after_bytes`), up to `entries_in_flight_max` entries of
   small ops are pipelined in the space left, instead of waiting for it.
+- Sparse clients first: while a dense client (many ops waiting) fills the
+  entries, a client with only a few ops waiting or in flight does not wait for
+  the next full entry: its ops leave at once in a small entry of their own,
+  pipelined behind the one in flight (as fq_codel serves new, sparse flows
+  before the backlogged ones). Its wait is then the rest of the entry ahead,
+  not that entry and the next full one. Without a dense client (every client
+  with a request or two in flight) the entries carry everyone's ops as before.
 - An entry raft never answers for (its process restarted) is forgotten when
   the new raft process says hello, or after `entry_timeout_s`; the gateway
   answers its ops UNAVAILABLE when its own time-out runs out.
@@ -62,6 +69,11 @@ class AdmissionLimits:
     #: Well below the raft actor's appendEntriesBatchSizeBytes (2 MiB), which a single
     #: entry must never reach (pysyncobj then sends it in chunks that followers can drop).
     entry_bytes_max: int = 1024 * 1024
+    #: A client with at most this many ops waiting or in flight is sparse ...
+    sparse_ops_max: int = 2
+    #: ... and one with at least this many waiting is dense: while one waits, sparse clients' ops
+    #: leave in express entries (at most `entries_in_flight_max` in flight in all).
+    dense_ops_min: int = 16
     #: Forget an entry raft has not answered for after this long (a backstop:
     #: a restarted raft actor says hello, which frees its entries at once).
     entry_timeout_s: float = 3.0
@@ -93,6 +105,7 @@ class AdmissionCore:
         self.queue_wait_ms = Window()  # per op: offered -> cut into an entry
         self.entry_ops = Window(1024)  # ops per entry
         self.entry_ms = Window(1024)  # per entry: sent to raft -> applied
+        self.express_entries = 0  # entries of sparse clients, pipelined behind a dense client's
 
     # ------------------------------------------------------------------ intake
     def offer(self, client: str, size: int, tag, op_bytes: bytes, now: float = 0.0):
@@ -129,7 +142,7 @@ class AdmissionCore:
         room = lim.entry_bytes_max
         if self.in_flight:
             if self.bytes_in_flight < lim.pipeline_after_bytes:
-                return None
+                return self._cut_express(now)
             room = min(room, lim.bytes_in_flight_max - self.bytes_in_flight)
             if room <= 0:
                 return None
@@ -162,12 +175,46 @@ class AdmissionCore:
             self.queues.move_to_end(client, last=False)
         if not ops:
             return None
+        return self._entry(now, ops, tags, counts, size)
+
+    def _entry(self, now: float, ops: list, tags: list, counts: dict, size: int):
         n = self.next_entry
         self.next_entry += 1
         self.in_flight[n] = (now, list(counts.items()), size)
         self.bytes_in_flight += size
         self.entry_ops.record(len(ops))
         return n, ops, tags
+
+    def _cut_express(self, now: float):
+        """An entry of the sparse clients' waiting ops while a dense client waits, or None."""
+        lim = self.limits
+        sparse, dense = [], False
+        for client, queue in self.queues.items():
+            mine = self.per_client[client]
+            if mine <= lim.sparse_ops_max:
+                sparse.append(client)
+            elif len(queue) >= lim.dense_ops_min:
+                dense = True
+        if not sparse or not dense:
+            return None
+        ops, tags, counts = [], [], {}
+        size = 0
+        room = min(lim.entry_bytes_max, lim.bytes_in_flight_max - self.bytes_in_flight)
+        for client in sparse:
+            queue = self.queues[client]
+            while queue and size + queue[0].size <= room:
+                item = queue.popleft()
+                self.queue_wait_ms.record((now - item.since) * 1000)
+                ops.append(item.op_bytes)
+                tags.append(item.tag)
+                size += item.size
+                counts[client] = counts.get(client, 0) + 1
+            if not queue:
+                del self.queues[client]
+        if not ops:
+            return None
+        self.express_entries += 1
+        return self._entry(now, ops, tags, counts, size)
 
     def on_applied(self, n: int, now: float):
         entry = self.in_flight.pop(n, None)
@@ -211,7 +258,7 @@ class AdmissionCore:
         lim = self.limits
         return {"waiting": sum(len(q) for q in self.queues.values()), "in_flight": self.total,
                 "entries_in_flight": len(self.in_flight), "bytes_in_flight": self.bytes_in_flight, "clients": len(self.per_client),
-                "applied_ops": self.applied_ops, "rejected": self.rejected,
+                "applied_ops": self.applied_ops, "rejected": self.rejected, "express_entries": self.express_entries,
                 "apply_rate_ops_per_s": round(self.apply_rate, 1),
                 "limits": {"inflight_max": lim.inflight_max, "inflight_per_client_max": lim.inflight_per_client_max,
                            "entry_ops_max": lim.entry_ops_max, "entry_bytes_max": lim.entry_bytes_max,
