@@ -72,6 +72,10 @@ class Apply:
         self.book = book
         self.budget_work: dict = {}
         self.budget_admin = op_name in budgets.ADMIN_OPS
+        #: While many jobs are created by one op (enqueue_batch): (queue, state) -> jobs created, added
+        #: to the queue records once at the end (`defer_new_counts`, `flush_new_counts`) instead of
+        #: one read, decode, encode and write of the queue record per job.
+        self.new_counts: dict | None = None
 
     # ---------------------------------------------------------------- records
     def get(self, db, key: bytes):
@@ -115,8 +119,13 @@ class Apply:
         check(rec["counts"][state] >= 0, f"negative {state} count for queue {queue}")
         self.put("queues", queue.encode(), rec)
 
-    def shift_count(self, queue: str, src: str | None, dst: str) -> dict:
-        """One job of `queue` went from `src` (None: new) to `dst`; returns the updated queue record."""
+    def shift_count(self, queue: str, src: str | None, dst: str) -> dict | None:
+        """One job of `queue` went from `src` (None: new) to `dst`; returns the updated queue record
+        (None for a new job while new counts are deferred)."""
+        if src is None and self.new_counts is not None:
+            key = (queue, dst)
+            self.new_counts[key] = self.new_counts.get(key, 0) + 1
+            return None
         rec = self.queue(queue)
         counts = rec["counts"]
         if src is not None:
@@ -125,6 +134,21 @@ class Apply:
         counts[dst] = counts.get(dst, 0) + 1
         self.put("queues", queue.encode(), rec)
         return rec
+
+    def defer_new_counts(self):
+        """Count new jobs in memory until `flush_new_counts` (nothing may read queue counts meanwhile)."""
+        self.new_counts = {}
+
+    def flush_new_counts(self):
+        pending, self.new_counts = self.new_counts, None
+        by_queue: dict[str, list] = {}
+        for (queue, state), n in (pending or {}).items():
+            by_queue.setdefault(queue, []).append((state, n))
+        for queue, shifts in by_queue.items():
+            rec = self.queue(queue)
+            for state, n in shifts:
+                rec["counts"][state] = rec["counts"].get(state, 0) + n
+            self.put("queues", queue.encode(), rec)
 
     # ---------------------------------------------------------------- indexes
     @staticmethod

@@ -85,6 +85,8 @@ def handle_enqueue_batch(a: Apply, args: dict, ids: list) -> dict:
     check(len(ids) == len(jobs) + (2 if batch else 0), "enqueue_batch carries the wrong number of ids")
     batch_id = ids[len(jobs)] if batch else None
     job_ids, created = [], 0
+    # Nothing below reads a queue's counts until the batch's jobs exist: add them once per queue.
+    a.defer_new_counts()
     for job_args, job_id in zip(jobs, ids):
         holder = None
         if job_args.get("unique_key") is not None:
@@ -95,10 +97,12 @@ def handle_enqueue_batch(a: Apply, args: dict, ids: list) -> dict:
         job_args, refusal = _budget_checked(a, job_args)
         if refusal is not None:
             refusal["err"]["message"] = f"jobs[{len(job_ids)}]: {refusal['err']['message']}"
+            a.new_counts = None
             return refusal  # the op is refused whole: nothing of the batch is created
         a.create_job(job_id, job_args, batch_id=batch_id)
         job_ids.append(job_id)
         created += 1
+    a.flush_new_counts()
     if batch:
         rec = {"id": batch_id, "total": created, "finished": 0, "succeeded": 0, "failed": 0,
                "callback_queue": batch["callback_queue"], "callback_payload": batch.get("callback_payload"),

@@ -247,6 +247,35 @@ def test_enqueue_batch_without_callback(h):
     assert h.counts() == counts(pending=3)
 
 
+def test_enqueue_batch_counts_every_queue_and_state_as_single_enqueues_would(h, make_harness):
+    # Given one batch spread over queues and states (pending, scheduled, held, an existing unique job)
+    h.ok("enqueue", {"queue": "a", "payload": 0, "unique_key": "u"}, ids=["job_u"])
+    jobs = [{"queue": "a", "payload": 1}, {"queue": "b", "payload": 2, "delay_ms": 60_000},
+            {"queue": "a", "payload": 3, "hold": True}, {"queue": "b", "payload": 4},
+            {"queue": "a", "payload": 5, "unique_key": "u"}, {"queue": "c", "payload": 6, "priority": "high"}]
+    h.ok("enqueue_batch", {"jobs": jobs}, ids=[f"job_{i}" for i in range(len(jobs))])
+    # And the same jobs enqueued one by one on another store
+    one_by_one = make_harness()
+    one_by_one.ok("enqueue", {"queue": "a", "payload": 0, "unique_key": "u"}, ids=["job_u"])
+    for i, job in enumerate(jobs):
+        one_by_one.ok("enqueue", job, ids=[f"job_{i}"])
+    # Then the queue records hold the same counts
+    assert h.queues() == one_by_one.queues()
+    assert h.counts("a") == counts(pending=2, held=1)
+    assert h.counts("b") == counts(pending=1, scheduled=1)
+
+
+def test_a_refused_enqueue_batch_leaves_no_count_behind(h):
+    # Given a batch whose second job carries a job id already used
+    h.ok("enqueue", {"queue": "q", "payload": 0}, ids=["job_x"])
+    before = h.queues()
+    result = h.run("enqueue_batch", {"jobs": [{"queue": "q", "payload": 1}, {"queue": "r", "payload": 2}]},
+                   ids=["job_new", "job_x"])
+    # Then nothing of it is counted (or created)
+    assert "err" in result
+    assert h.queues() == before and h.raw_job("job_new") is None
+
+
 def _batch(h, n=3, **job_args):
     jobs = [dict({"queue": "q", "payload": i, "max_retries": 0}, **job_args) for i in range(n)]
     ids = [f"m{i}" for i in range(n)] + ["batch_1", "cb"]
