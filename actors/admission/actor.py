@@ -128,14 +128,17 @@ class AdmissionActor(PumpActor):
 
     def outputs(self, now: float, refusals: dict) -> list:
         gateway = self.gateway
-        replies, ops = gateway.take_outputs()
-        if ops:
-            self.offer(ops, now, refusals)
-        refused = refusals.pop("gateway", None)
-        if refused:
+        replies = []
+        while True:
+            answered, ops = gateway.take_outputs()
+            replies += answered
+            if ops:
+                self.offer(ops, now, refusals)
+            refused = refusals.pop("gateway", None)
+            if not refused:
+                break
             # The gateway's own ops, refused (overloaded): answered in this turn, no frame needed.
             gateway.on_applied({"k": "applied", "index": None, "items": refused, "woken": {}}, now)
-            replies += gateway.take_outputs()[0]
         out = [("clients", r) for r in replies]
         for dest, items in refusals.items():
             out.append((dest, [codec.encode({"k": "applied", "index": None, "items": items, "woken": {}})]))
