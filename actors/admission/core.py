@@ -201,8 +201,10 @@ class AdmissionCore:
         size = 0
         room = min(lim.entry_bytes_max, lim.bytes_in_flight_max - self.bytes_in_flight)
         for client in sparse:
+            if len(ops) >= lim.entry_ops_max:
+                break
             queue = self.queues[client]
-            while queue and size + queue[0].size <= room:
+            while queue and size + queue[0].size <= room and len(ops) < lim.entry_ops_max:
                 item = queue.popleft()
                 self.queue_wait_ms.record((now - item.since) * 1000)
                 ops.append(item.op_bytes)

@@ -95,3 +95,15 @@ def test_every_op_leaves_once_in_its_clients_order_and_the_pipeline_bound_holds(
                 sent.setdefault(tag[2].split(":")[0], []).append(tag[2])
     assert sent == offered
     assert core.total == 0 and not core.per_client
+
+
+def test_an_express_entry_keeps_to_the_entry_caps():
+    core = AdmissionCore(AdmissionLimits(entry_ops_max=5))
+    for i in range(30):  # the first entry takes 5: 25 wait, a dense client
+        offer(core, "flood", f"f{i}")
+    core.cut_batch(0.0)
+    for c in range(12):
+        offer(core, f"light{c}", f"l{c}")
+    express = core.cut_batch(0.001)
+    assert express[1] == [f"l{c}".encode() for c in range(5)]
+    assert sum(len(q) for q in core.queues.values()) == 25 + 7
