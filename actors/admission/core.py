@@ -160,12 +160,7 @@ class AdmissionCore:
                 if len(skipped) >= SKIPS_MAX:
                     break
                 continue
-            queue.popleft()
-            self.queue_wait_ms.record((now - item.since) * 1000)
-            ops.append(item.op_bytes)
-            tags.append(item.tag)
-            size += item.size
-            counts[client] = counts.get(client, 0) + 1
+            size += self._take(client, queue, now, ops, tags, counts)
             # Round-robin: this client goes to the back of the line.
             self.queues.move_to_end(client)
             if not queue:
@@ -176,6 +171,15 @@ class AdmissionCore:
         if not ops:
             return None
         return self._entry(now, ops, tags, counts, size)
+
+    def _take(self, client: str, queue: deque, now: float, ops: list, tags: list, counts: dict) -> int:
+        """Move the op at the head of `queue` into the entry being cut; returns its size."""
+        item = queue.popleft()
+        self.queue_wait_ms.record((now - item.since) * 1000)
+        ops.append(item.op_bytes)
+        tags.append(item.tag)
+        counts[client] = counts.get(client, 0) + 1
+        return item.size
 
     def _entry(self, now: float, ops: list, tags: list, counts: dict, size: int):
         n = self.next_entry
@@ -205,12 +209,7 @@ class AdmissionCore:
                 break
             queue = self.queues[client]
             while queue and size + queue[0].size <= room and len(ops) < lim.entry_ops_max:
-                item = queue.popleft()
-                self.queue_wait_ms.record((now - item.since) * 1000)
-                ops.append(item.op_bytes)
-                tags.append(item.tag)
-                size += item.size
-                counts[client] = counts.get(client, 0) + 1
+                size += self._take(client, queue, now, ops, tags, counts)
             if not queue:
                 del self.queues[client]
         if not ops:

@@ -25,12 +25,7 @@ def route(entry: dict, index: int, results: list | None, changes) -> list[tuple[
             tag = op.get("tag")
             if tag:
                 by_origin.setdefault(tag[0], []).append([tag, result])
-    gateway_msg = {"k": "applied", "index": index, "items": by_origin.pop("gw", []),
-                   "woken": changes.woken if changes is not None else {}}
-    if entry.get("id") is not None:
-        gateway_msg["entry"] = entry["id"]
-    if gateway_msg["items"] or gateway_msg["woken"] or "entry" in gateway_msg:
-        out.append(("gateway", gateway_msg))
+    _to_gateway(out, index, by_origin.pop("gw", []), changes.woken if changes is not None else {}, entry.get("id"))
     for origin, items in by_origin.items():
         out.append((origin_socket(origin), {"k": "applied", "index": index, "items": items, "woken": {}}))
     return out
@@ -46,19 +41,24 @@ def failed(tags: list, entry_id, reason: str) -> list[tuple[str, dict]]:
         err = {"err": {"code": "UNAVAILABLE", "reason": reason,
                        "message": f"the raft log did not take the request ({reason}); the outcome is unknown, "
                                   "retry with the same request_id"}}
-    by_origin: dict[str, list] = {"gw": []}
+    by_origin: dict[str, list] = {}
     for tag in tags:
         by_origin.setdefault(tag[0], []).append([tag, err])
     out = []
+    _to_gateway(out, None, by_origin.pop("gw", []), {}, entry_id)
     for origin, items in by_origin.items():
-        msg = {"k": "applied", "index": None, "items": items, "woken": {}}
-        if origin == "gw":
-            if entry_id is None and not items:
-                continue
-            if entry_id is not None:
-                msg["entry"] = entry_id
-        out.append((origin_socket(origin), msg))
+        out.append((origin_socket(origin), {"k": "applied", "index": None, "items": items, "woken": {}}))
     return out
+
+
+def _to_gateway(out: list, index, items: list, woken: dict, entry_id):
+    """The frame to the admission process: the gateway's results and wake-ups, and the entry's id
+    ("entry done" for admission); none when it would carry nothing."""
+    msg = {"k": "applied", "index": index, "items": items, "woken": woken}
+    if entry_id is not None:
+        msg["entry"] = entry_id
+    if items or woken or entry_id is not None:
+        out.append(("gateway", msg))
 
 
 def origin_socket(origin: str) -> str:

@@ -139,10 +139,7 @@ def process_send(self) -> bool:
         return False
     if sent == 0:
         return False
-    if type(buffer) is bytearray:
-        del buffer[:sent]
-    else:
-        self._TcpConnection__writeBuffer = buffer[sent:]
+    del buffer[:sent]  # a bytearray: `send` made it one before it put anything in
     return True
 
 
@@ -189,10 +186,7 @@ def process_parse_message(self):
         # As pysyncobj: a message that does not open, parse or match the session ends the connection.
         self.disconnect()
         return None
-    if type(buffer) is bytearray:
-        del buffer[:4 + length]
-    else:
-        self._TcpConnection__readBuffer = buffer[4 + length:]
+    del buffer[:4 + length]  # a bytearray: `process_read` made it one before it put anything in
     return message
 
 
